@@ -1,0 +1,172 @@
+"""Speed and accuracy of the spline warp, side by side with the reference's algorithm.
+
+    python benchmarks/warp_bench.py [--batch_sizes=1,16] [--runs=10] [--strides=2,4]
+
+For each batch size: 224 x 224 x 3 images, 68 face-like landmarks moved onto another face's, 16
+zero-flow border points, order 1. Prints the median ms per batch over --runs runs of forward and
+forward+backward (gradients w.r.t. image and both point sets) for:
+
+  reference-style  the reference's algorithm re-implemented in plain TF (tfa cannot be imported
+                   with Keras 3): flattened-grid spline with |a|^2 - 2ab + |b|^2 distances in raw
+                   coordinates, four batched gathers for bilinear sampling;
+  exact            ours, flow_stride=1 (the default);
+  coarse/s         ours, spline evaluated every s pixels and the flow upsampled;
+
+each as a tf.function (graph) and with jit_compile=True (XLA). Then the coarse modes' flow and
+image errors against exact, and the float32 error of ours and of the reference-style algorithm
+against a float64 solution.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from normalized_faces import landmarks, warp  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to time.")
+flags.DEFINE_integer("runs", 10, "Timed runs per figure (the median is printed).")
+flags.DEFINE_list("strides", ["2", "4"], "flow_stride values for the coarse mode.")
+flags.DEFINE_integer("size", 224, "Image height and width.")
+flags.DEFINE_integer("num_boundary_points", 4, "Border points per edge count n (4n points).")
+
+
+def reference_style_warp(image, source, dest, num_boundary_points):
+    """The reference's algorithm (as documented in shared/oracles/tfa_spline/README.md), float32."""
+    batch, height, width = image.shape[0], image.shape[1], image.shape[2]
+    border = tf.tile(warp.border_points(height, width, num_boundary_points)[None], [batch, 1, 1])
+    control = tf.concat([dest, border], 1)
+    values = tf.concat([dest - source, tf.zeros_like(border)], 1)
+
+    def squared_distance(a, b):
+        return (
+            tf.reduce_sum(a * a, 2)[:, :, None]
+            - 2 * tf.matmul(a, b, transpose_b=True)
+            + tf.reduce_sum(b * b, 2)[:, None, :]
+        )
+
+    count = control.shape[1]
+    basis = tf.concat([control, tf.ones_like(control[..., :1])], 2)
+    lhs = tf.concat(
+        [
+            tf.concat([tf.sqrt(tf.maximum(squared_distance(control, control), 1e-10)), basis], 2),
+            tf.concat([tf.transpose(basis, [0, 2, 1]), tf.zeros([batch, 3, 3])], 2),
+        ],
+        1,
+    )
+    solution = tf.linalg.solve(lhs, tf.concat([values, tf.zeros([batch, 3, 2])], 1))
+    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    grid = tf.tile(tf.reshape(tf.stack([xs, ys], -1), [1, -1, 2]), [batch, 1, 1])
+    kernel = tf.sqrt(tf.maximum(squared_distance(grid, control), 1e-10))
+    flow = tf.matmul(kernel, solution[:, :count]) + tf.matmul(
+        tf.concat([grid, tf.ones_like(grid[..., :1])], 2), solution[:, count:]
+    )
+    flow = tf.reshape(flow, [batch, height, width, 2])
+    qx = xs[None] - flow[..., 0]
+    qy = ys[None] - flow[..., 1]
+    x0 = tf.clip_by_value(tf.floor(qx), 0.0, float(width - 2))
+    y0 = tf.clip_by_value(tf.floor(qy), 0.0, float(height - 2))
+    ax = tf.clip_by_value(qx - x0, 0.0, 1.0)[..., None]
+    ay = tf.clip_by_value(qy - y0, 0.0, 1.0)[..., None]
+    x0 = tf.cast(x0, tf.int32)
+    y0 = tf.cast(y0, tf.int32)
+    flat = tf.reshape(image, [batch, height * width, -1])
+
+    def gather(y, x):
+        return tf.gather(flat, y * width + x, batch_dims=1)
+
+    top = gather(y0, x0) + ax * (gather(y0, x0 + 1) - gather(y0, x0))
+    bottom = gather(y0 + 1, x0) + ax * (gather(y0 + 1, x0 + 1) - gather(y0 + 1, x0))
+    return top + ay * (bottom - top), flow
+
+
+def _median_ms(fn, args, runs):
+    result = fn(*args)  # trace / compile
+    tf.nest.map_structure(lambda t: t.numpy(), result)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn(*args)
+        tf.nest.map_structure(lambda t: t.numpy(), result)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _forward_and_backward(warp_fn):
+    def run(image, source, dest):
+        with tf.GradientTape() as tape:
+            tape.watch([image, source, dest])
+            warped, _ = warp_fn(image, source, dest)
+            loss = tf.reduce_sum(tf.square(warped))
+        return tape.gradient(loss, [image, source, dest])
+
+    return run
+
+
+def _problem(batch, size, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = size / 224.0
+    image = rng.uniform(size=[batch, size, size, 3]).astype(np.float32)
+    source = (landmarks.random_face_landmarks(rng, batch) * scale).astype(np.float32)
+    dest = (landmarks.random_face_landmarks(rng, batch) * scale).astype(np.float32)
+    return image, source, dest
+
+
+def main(argv):
+    del argv
+    strides = [int(s) for s in FLAGS.strides]
+    n = FLAGS.num_boundary_points
+    variants = {"reference-style": lambda i, s, d: reference_style_warp(i, s, d, n)}
+    variants["exact"] = lambda i, s, d: warp.sparse_image_warp(i, s, d, num_boundary_points=n)
+    for stride in strides:
+        variants[f"coarse/{stride}"] = lambda i, s, d, stride=stride: warp.sparse_image_warp(
+            i, s, d, num_boundary_points=n, flow_stride=stride
+        )
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1")
+    print(f"median of {FLAGS.runs} runs, ms per batch")
+    header = f"{'batch':>5}  {'variant':<16} {'fwd graph':>10} {'fwd XLA':>10} {'f+b graph':>10} {'f+b XLA':>10}   speed-up vs reference-style (graph fwd / f+b)"
+    print(header)
+    for batch in [int(b) for b in FLAGS.batch_sizes]:
+        args = [tf.constant(x) for x in _problem(batch, FLAGS.size)]
+        baseline = None
+        for name, fn in variants.items():
+            figures = [
+                _median_ms(tf.function(fn), args, FLAGS.runs),
+                _median_ms(tf.function(fn, jit_compile=True), args, FLAGS.runs),
+                _median_ms(tf.function(_forward_and_backward(fn)), args, FLAGS.runs),
+                _median_ms(tf.function(_forward_and_backward(fn), jit_compile=True), args, FLAGS.runs),
+            ]
+            baseline = baseline or figures
+            speedup = f"{baseline[0] / figures[0]:.1f}x / {baseline[2] / figures[2]:.1f}x"
+            print(f"{batch:>5}  {name:<16} " + " ".join(f"{f:>10.1f}" for f in figures) + f"   {speedup}", flush=True)
+
+    print("\naccuracy (batch 16, order 1)")
+    image, source, dest = _problem(16, FLAGS.size, seed=1)
+    exact64, flow64 = warp.sparse_image_warp(image.astype(np.float64), source.astype(np.float64), dest.astype(np.float64), num_boundary_points=n)
+    exact, flow = warp.sparse_image_warp(image, source, dest, num_boundary_points=n)
+    reference, reference_flow = reference_style_warp(*[tf.constant(x) for x in (image, source, dest)], n)
+    for name, (img, fl) in {"ours exact float32": (exact, flow), "reference-style float32": (reference, reference_flow)}.items():
+        print(
+            f"  {name:<26} vs float64: flow max {np.abs(fl.numpy() - flow64.numpy()).max():.2e} px, "
+            f"image max {np.abs(img.numpy() - exact64.numpy()).max():.2e}"
+        )
+    for stride in strides:
+        coarse, coarse_flow = warp.sparse_image_warp(image, source, dest, num_boundary_points=n, flow_stride=stride)
+        flow_error = np.abs(coarse_flow.numpy() - flow.numpy())
+        image_error = np.abs(coarse.numpy() - exact.numpy())
+        print(
+            f"  coarse/{stride:<19} vs exact:   flow mean {flow_error.mean():.4f} max {flow_error.max():.3f} px, "
+            f"image mean {image_error.mean():.5f} max {image_error.max():.3f}"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
