@@ -74,7 +74,7 @@ def draw_flow_arrows(image, flow, step=16, color=(0, 0, 0)) -> np.ndarray:
 
 
 def image_grid(rows, labels=None, column_titles=None, scale=1, gap=4, background=255) -> np.ndarray:
-    """Tiles rows of equally sized images into one sheet, with optional row labels and column titles."""
+    """Tiles rows of images into one sheet (cells sized as the first image x scale), with optional labels."""
     rows = [[to_uint8(image) for image in row] for row in rows]
     height, width = rows[0][0].shape[:2]
     height, width = height * scale, width * scale
@@ -96,8 +96,8 @@ def image_grid(rows, labels=None, column_titles=None, scale=1, gap=4, background
         for c, image in enumerate(row):
             if image.ndim == 2:
                 image = np.repeat(image[..., None], 3, axis=-1)
-            if scale != 1:
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
+            if image.shape[:2] != (height, width):  # cells take the first image's size (times scale)
+                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA)
             x = label_width + gap + c * (width + gap)
             sheet[y:y + height, x:x + width] = image
     return sheet

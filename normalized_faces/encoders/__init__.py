@@ -1,0 +1,36 @@
+"""Frozen face-recognition encoders behind one interface (see `base.FaceEncoder`).
+
+    from normalized_faces.encoders import get_encoder
+    encoder = get_encoder("dlib_resnet")             # offline: weights ship with face-recognition-models
+    encoder = get_encoder("facenet", weights_path=...)  # FaceNet: weights fetched once by the user
+    outputs = encoder(aligned_crops)  # {"features", "embedding", ...}; encoder.threshold
+
+Options common to all: native_input (take the network's own chips), aligned_size, check_range.
+"""
+
+from __future__ import annotations
+
+from normalized_faces.encoders.base import FaceEncoder, VerificationThreshold
+
+ENCODERS = ("dlib_resnet", "facenet")
+
+
+def get_encoder(name: str, **options) -> FaceEncoder:
+    """Builds the encoder called `name` ('dlib_resnet' or 'facenet') with its pretrained weights.
+
+    Options: weights_path (both), key and cache_folder (facenet), native_input, aligned_size,
+    check_range. Raises ValueError for an unknown name and
+    facenet.FacenetWeightsNotFound when FaceNet's weights are not on this machine.
+    """
+    if name == "dlib_resnet":
+        from normalized_faces.encoders.dlib_resnet import DlibResNetEncoder
+
+        return DlibResNetEncoder(**options)
+    if name == "facenet":
+        from normalized_faces.encoders.facenet import FacenetEncoder
+
+        return FacenetEncoder(**options)
+    raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+
+
+__all__ = ["ENCODERS", "FaceEncoder", "VerificationThreshold", "get_encoder"]
