@@ -146,3 +146,30 @@ def synthetic_photo(identity: SyntheticIdentity, rng: np.random.Generator, size:
     background = tuple(rng.uniform(0.2, 0.9, 3))
     light = tuple(rng.uniform(-0.3, 0.3, 2))
     return render_face(points, identity, size=size, background=background, light=light, rng=rng), points
+
+
+def write_synthetic_dataset(output_dir, num_identities=6, photos_per_identity=4, seed=0, size=256) -> str:
+    """Writes synthetic photos to output_dir/photos/<identity>/NN.png and a JSON-lines manifest
+    (path, identity, landmarks) beside them, for data prep without face detection.
+
+    Returns:
+      The manifest's path.
+    """
+    import json
+    import pathlib
+
+    output_dir = pathlib.Path(output_dir)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(num_identities):
+        identity = random_identity(rng, f"synthetic_{i:03d}")
+        folder = output_dir / "photos" / identity.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(photos_per_identity):
+            image, points = synthetic_photo(identity, rng, size=size)
+            path = folder / f"{j:02d}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            lines.append(json.dumps({"path": f"photos/{identity.name}/{path.name}", "identity": identity.name, "landmarks": np.round(points, 3).tolist()}))
+    manifest = output_dir / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return str(manifest)

@@ -1,0 +1,148 @@
+"""Stage 4: keep frontal, neutral, sharp, colour photos; measure each property on the aligned face.
+
+The paper filtered with a cloud API (monochrome, blurry, emotional, eyeglasses, large pan/tilt);
+these are local equivalents, each a number compared to a threshold (a pipeline flag):
+
+  head pose    yaw and pitch from cv2.solvePnP of 14 landmarks against a generic 3-D face
+  mouth open   inner-lip gap / mouth width
+  smile        how far the mouth corners sit above the lips' centre line, / mouth width
+  eyes closed  eye aspect ratio (lid gap / eye width), the more open eye
+  blur         variance of the Laplacian of the grey face region
+  monochrome   mean chroma (distance from grey in YCrCb) of the face region
+Eyeglasses have no reliable landmark-based measure and are not filtered (the paper did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from normalized_faces import landmarks as lm
+
+# A generic 3-D face (millimetres, x right, y up, z towards the camera; nose tip at the origin) for
+# the 68-point indices below: average adult proportions, enough to read yaw and pitch to a few
+# degrees. Not a measured model of anyone.
+_POSE_INDICES = [30, 8, 36, 45, 48, 54, 27, 33, 39, 42, 31, 35, 0, 16]
+_POSE_MODEL = np.array(
+    [
+        [0.0, 0.0, 0.0],  # 30 nose tip
+        [0.0, -63.6, -12.5],  # 8 chin
+        [-43.3, 32.7, -26.0],  # 36 right eye, outer corner (image left)
+        [43.3, 32.7, -26.0],  # 45 left eye, outer corner
+        [-28.9, -28.9, -24.1],  # 48 mouth corner
+        [28.9, -28.9, -24.1],  # 54 mouth corner
+        [0.0, 33.0, -18.0],  # 27 nose bridge top
+        [0.0, -10.0, -8.0],  # 33 below the nose
+        [-13.0, 32.0, -24.0],  # 39 right eye, inner corner
+        [13.0, 32.0, -24.0],  # 42 left eye, inner corner
+        [-10.0, -8.0, -12.0],  # 31 nostril wing
+        [10.0, -8.0, -12.0],  # 35 nostril wing
+        [-70.0, 30.0, -95.0],  # 0 jaw at the right temple
+        [70.0, 30.0, -95.0],  # 16 jaw at the left temple
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterThresholds:
+    """Defaults chosen on 100 LFW photos (tests/test_data_prep.py prints their measures): they keep
+    near-frontal, closed-mouth, unblurred colour faces and drop the clear cases."""
+
+    max_yaw: float = 25.0  # degrees (the generic 3-D model reads LFW's frontal photos within ~+-10)
+    max_pitch: float = 20.0  # degrees
+    max_mouth_open: float = 0.2  # inner-lip gap / mouth width (closed: < 0.1; talking: 0.2-0.6)
+    max_smile: float = 0.15  # corner lift / mouth width (neutral: -0.05..0.1)
+    min_eye_open: float = 0.15  # eye aspect ratio (open: 0.2-0.45)
+    min_sharpness: float = 20.0  # Laplacian variance of 0..255 grey (LFW's upsampled crops: 10-200)
+    min_chroma: float = 4.0  # mean |(Cr, Cb) - 128| of 0..255 (colour faces: 15-50; grey: 0)
+
+
+def head_pose(aligned_landmarks: np.ndarray, size: int = lm.ALIGNED_SIZE) -> tuple[float, float]:
+    """(yaw, pitch) in degrees; 0 = looking at the camera, yaw > 0 turned to the image right."""
+    image_points = np.asarray(aligned_landmarks, np.float64)[_POSE_INDICES]
+    focal = float(size)
+    camera = np.array([[focal, 0, size / 2.0], [0, focal, size / 2.0], [0, 0, 1]])
+    # Model y is up, image y is down: flip the model's y so the rotation is near identity when frontal.
+    model = _POSE_MODEL * [1.0, -1.0, -1.0]
+    ok, rotation_vector, _ = cv2.solvePnP(model, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    if not ok:
+        return 90.0, 90.0
+    rotation, _ = cv2.Rodrigues(rotation_vector)
+    yaw = np.degrees(np.arcsin(np.clip(-rotation[2, 0], -1, 1)))
+    pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
+    return float(yaw), float(pitch)
+
+
+def _mouth_width(points):
+    return max(np.linalg.norm(points[54] - points[48]), 1e-6)
+
+
+def mouth_open(points: np.ndarray) -> float:
+    gap = np.mean([np.linalg.norm(points[a] - points[b]) for a, b in ((61, 67), (62, 66), (63, 65))])
+    return float(gap / _mouth_width(points))
+
+
+def smile(points: np.ndarray) -> float:
+    centre_y = (points[51, 1] + points[57, 1]) / 2.0  # between the lips' middle points
+    corners_y = (points[48, 1] + points[54, 1]) / 2.0
+    return float((centre_y - corners_y) / _mouth_width(points))
+
+
+def eye_openness(points: np.ndarray) -> float:
+    def ratio(eye):
+        p = points[eye.start:eye.stop]
+        return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2.0 * max(np.linalg.norm(p[0] - p[3]), 1e-6))
+
+    return float(max(ratio(lm.RIGHT_EYE), ratio(lm.LEFT_EYE)))
+
+
+def _face_mask(image_shape, points):
+    mask = np.zeros(image_shape[:2], np.uint8)
+    hull = cv2.convexHull(np.round(points).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask.astype(bool)
+
+
+def sharpness(image: np.ndarray, points: np.ndarray) -> float:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    laplacian = cv2.Laplacian(grey, cv2.CV_64F)
+    return float(laplacian[_face_mask(image.shape, points)].var())
+
+
+def chroma(image: np.ndarray, points: np.ndarray) -> float:
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb).astype(np.float64)
+    mask = _face_mask(image.shape, points)
+    return float(np.hypot(ycrcb[..., 1][mask] - 128.0, ycrcb[..., 2][mask] - 128.0).mean())
+
+
+def measure(image: np.ndarray, points: np.ndarray) -> dict:
+    """All the filter measures of one aligned face (uint8 RGB image, its 68 landmarks)."""
+    yaw, pitch = head_pose(points, image.shape[0])
+    return {
+        "yaw": yaw,
+        "pitch": pitch,
+        "mouth_open": mouth_open(points),
+        "smile": smile(points),
+        "eye_open": eye_openness(points),
+        "sharpness": sharpness(image, points),
+        "chroma": chroma(image, points),
+    }
+
+
+def first_failure(measures: dict, thresholds: FilterThresholds):
+    """The first failed filter as (reason, value, threshold), or None when the photo passes."""
+    checks = [
+        ("monochrome", measures["chroma"] < thresholds.min_chroma, measures["chroma"], thresholds.min_chroma),
+        ("head_pose_yaw", abs(measures["yaw"]) > thresholds.max_yaw, measures["yaw"], thresholds.max_yaw),
+        ("head_pose_pitch", abs(measures["pitch"]) > thresholds.max_pitch, measures["pitch"], thresholds.max_pitch),
+        ("blurry", measures["sharpness"] < thresholds.min_sharpness, measures["sharpness"], thresholds.min_sharpness),
+        ("eyes_closed", measures["eye_open"] < thresholds.min_eye_open, measures["eye_open"], thresholds.min_eye_open),
+        ("mouth_open", measures["mouth_open"] > thresholds.max_mouth_open, measures["mouth_open"], thresholds.max_mouth_open),
+        ("smiling", measures["smile"] > thresholds.max_smile, measures["smile"], thresholds.max_smile),
+    ]
+    for reason, failed, value, threshold in checks:
+        if failed:
+            return reason, float(value), float(threshold)
+    return None

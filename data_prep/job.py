@@ -1,0 +1,222 @@
+"""The data prep Beam job: build_pipeline (the graph) and run (pipeline + metadata + preview + summary).
+
+Kept apart from `pipeline.py` (flags and main) on purpose: Beam pickles the functions a pipeline
+uses, and functions of a `python -m` entry module live in `__main__`, which workers cannot import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from data_prep import inputs, stages
+
+STATS_PREFIX = "_stats"
+MEAN_PREFIX = "_mean_landmarks"
+PREVIEW_PREFIX = "_preview"
+
+
+def _serialize(face: stages.Face) -> bytes:
+    from normalized_faces.data import FaceRecord, serialize_record
+
+    return serialize_record(FaceRecord(face.image, face.texture, face.landmarks, face.identity, face.kind, face.parents))
+
+
+def _morph_entry(face: stages.Face):
+    from data_prep import morph
+
+    landmark_part, texture_part = morph.face_descriptor(face.texture, face.landmarks)
+    return face.split, (face.key, landmark_part, texture_part)
+
+
+def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, config: stages.PrepConfig, num_shards: int = 4, preview_count: int = 8):
+    """Adds the whole job to `pipeline`. Separate from main so tests run it on any runner."""
+    join = FileSystems.join
+    photos = pipeline | "Inputs" >> beam.Create(photo_inputs) | "Spread" >> beam.Reshuffle()
+    processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(stages.REJECTED, main="kept")
+    averaged = (
+        processed.kept
+        | "By identity" >> beam.GroupByKey()
+        | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(stages.REJECTED, main="faces")
+    )
+    mean_landmarks = averaged.faces | "Landmarks" >> beam.Map(lambda f: f.landmarks) | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
+    mean_side = beam.pvalue.AsSingleton(mean_landmarks)
+    faces = averaged.faces | "Decompose" >> beam.Map(stages.decompose, mean_side)
+
+    # Morphs: plan per split on one worker (a k-d tree over compact descriptors), then join each
+    # plan with its two parent faces by key, so no worker needs the whole dataset in memory.
+    total_faces = beam.pvalue.AsSingleton(faces | "Count faces" >> beam.combiners.Count.Globally())
+    plans = (
+        faces
+        | "Descriptors" >> beam.Map(_morph_entry)
+        | "By split" >> beam.GroupByKey()
+        | "Plan morphs" >> beam.FlatMap(stages.plan_split_morphs, total_faces, config)
+    )
+    keyed_faces = faces | "Key faces" >> beam.Map(lambda f: (f.key, f))
+    with_seed = (
+        {"plans": plans | "By seed" >> beam.Map(lambda p: (p.seed, p)), "faces": keyed_faces}
+        | "Join seeds" >> beam.CoGroupByKey()
+        | "Attach seed" >> beam.FlatMap(lambda kv: [(plan.target, (plan, kv[1]["faces"][0])) for plan in kv[1]["plans"]])
+    )
+    morphs = (
+        {"pairs": with_seed, "faces": keyed_faces}
+        | "Join targets" >> beam.CoGroupByKey()
+        | "Attach target" >> beam.FlatMap(lambda kv: [(plan, seed, kv[1]["faces"][0]) for plan, seed in kv[1]["pairs"]])
+        | "Make morphs" >> beam.ParDo(stages.MakeMorph(config), mean_side)
+    )
+
+    records = (faces, morphs) | "All faces" >> beam.Flatten()
+    by_split = records | "Split" >> beam.Partition(lambda face, _: 0 if face.split == "train" else 1, 2)
+    for split, part in zip(("train", "validation"), by_split):
+        (
+            part
+            | f"Serialize {split}" >> beam.Map(_serialize)
+            | f"Write {split}" >> beam.io.WriteToTFRecord(join(output_dir, split), file_name_suffix=".tfrecord", num_shards=num_shards)
+        )
+
+    rejected = (processed[stages.REJECTED], averaged[stages.REJECTED]) | "All rejected" >> beam.Flatten()
+    (
+        rejected
+        | "Rejected to JSON" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+        | "Write rejected" >> beam.io.WriteToText(join(output_dir, "rejected"), file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
+    )
+
+    # Counts taken from the data itself (not only Beam metrics, which some runners do not report).
+    counts = (
+        photos | "Count inputs" >> beam.Map(lambda _: ("inputs", 1)),
+        averaged.faces | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
+        records | "Count records" >> beam.Map(lambda f: (f"records/{f.split}/{f.kind}", 1)),
+        rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
+    ) | "All counts" >> beam.Flatten()
+    (
+        counts
+        | "Sum counts" >> beam.CombinePerKey(sum)
+        | "Counts to JSON" >> beam.Map(json.dumps)
+        | "Write counts" >> beam.io.WriteToText(join(output_dir, STATS_PREFIX), file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
+    )
+    (
+        mean_landmarks
+        | "Mean to JSON" >> beam.Map(json.dumps)
+        | "Write mean" >> beam.io.WriteToText(join(output_dir, MEAN_PREFIX), file_name_suffix=".json", shard_name_template="", num_shards=1)
+    )
+    for kind, collection in (("average", faces), ("morph", morphs)):
+        (
+            collection
+            | f"Key {kind} previews" >> beam.Map(lambda f: (f.key, f))
+            | f"Sample {kind}s" >> beam.combiners.Top.Smallest(preview_count, key=lambda kv: kv[0])  # deterministic sample
+            | f"Flatten {kind} previews" >> beam.FlatMap(lambda top: [f for _, f in top])
+            | f"Serialize {kind} previews" >> beam.Map(_serialize)
+            | f"Write {kind} previews" >> beam.io.WriteToTFRecord(
+                join(output_dir, f"{PREVIEW_PREFIX}_{kind}"), file_name_suffix=".tfrecord", shard_name_template="", num_shards=1
+            )
+        )
+    return pipeline
+
+
+def _read_text(path):
+    with FileSystems.open(path) as file:
+        return file.read().decode()
+
+
+def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, seconds: float) -> dict:
+    """After the pipeline: metadata.json and preview.png from its small side outputs; prints the summary."""
+    from data_prep import preview
+    from normalized_faces.data import METADATA_FILE
+
+    join = FileSystems.join
+    counts = dict(json.loads(line) for line in _read_text(join(output_dir, f"{STATS_PREFIX}.jsonl")).splitlines() if line)
+    mean_text = _read_text(join(output_dir, f"{MEAN_PREFIX}.json")).strip()
+    mean = json.loads(mean_text) if mean_text else None
+    rejected = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("rejected/")}
+    records = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("records/")}
+    summary = {
+        "inputs": counts.get("inputs", 0),
+        "accepted": counts.get("accepted_photos", 0),
+        "rejected": sum(rejected.values()),
+        "rejected_by_reason": dict(sorted(rejected.items())),
+        "records": dict(sorted(records.items())),
+    }
+    import apache_beam
+    import cv2
+    import tensorflow as tf
+
+    metadata = {
+        "image_size": config.size,
+        "interocular": config.interocular,
+        "mean_landmarks": mean,
+        "counts": summary,
+        "config": {key: value for key, value in flag_values.items()},
+        "versions": {
+            "python": platform.python_version(),
+            "apache_beam": apache_beam.__version__,
+            "tensorflow": tf.__version__,
+            "opencv": cv2.__version__,
+            "dlib": __import__("dlib").__version__,
+        },
+        "seconds": round(seconds, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with FileSystems.create(join(output_dir, METADATA_FILE)) as file:
+        file.write(json.dumps(metadata, indent=2).encode())
+    preview_path = preview.write_preview(output_dir, join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"), join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"))
+    FileSystems.delete([join(output_dir, name) for name in (f"{STATS_PREFIX}.jsonl", f"{MEAN_PREFIX}.json", f"{PREVIEW_PREFIX}_average.tfrecord", f"{PREVIEW_PREFIX}_morph.tfrecord")])
+    summary["preview"] = preview_path
+    return summary
+
+
+def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
+    print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
+    for reason, count in summary["rejected_by_reason"].items():
+        print(f"  rejected {reason}: {count}", file=stream)
+    for key, count in summary["records"].items():
+        print(f"  records {key}: {count}", file=stream)
+    if summary["inputs"] != summary["accepted"] + summary["rejected"]:
+        print("WARNING: inputs != accepted + rejected: some photos are unaccounted for", file=stream)
+    print(f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, {pathlib.Path(summary['preview']).name}", file=stream)
+
+
+LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner")
+
+
+def pipeline_options(beam_args) -> PipelineOptions:
+    """Beam options from the leftover arguments.
+
+    Locally (no --runner, or --runner=DirectRunner) the job runs on FnApiRunner, the engine Beam's
+    DirectRunner uses for batch jobs, with one worker thread per core: the heavy parts (dlib, OpenCV,
+    TensorFlow) release the GIL. (Beam 2.77's DirectRunner would first try to download its Prism
+    binary; going to FnApiRunner directly keeps the job offline.) --direct_running_mode=
+    multi_processing also works, but Beam's subprocess workers currently print a spurious
+    "exited with return code 120" after a successful run.
+    """
+    args = [a for a in beam_args if not a.startswith("--runner=")]
+    runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), "DirectRunner")
+    if runner in LOCAL_RUNNERS:
+        runner = "FnApiRunner"
+        if not any(a.startswith("--direct_running_mode") for a in args):
+            args.append("--direct_running_mode=multi_threading")
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    return PipelineOptions(args + [f"--runner={runner}"])
+
+
+def run(input_path: str, output_dir: str, config: stages.PrepConfig, beam_args=(), num_shards=4, preview_count=8, flag_values=None) -> dict:
+    """Runs the whole job and returns the summary (what main prints)."""
+    photo_inputs = inputs.list_inputs(input_path)
+    logging.info("data prep: %d inputs from %s", len(photo_inputs), input_path)
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
+    start = time.time()
+    with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
+        build_pipeline(pipeline, photo_inputs, output_dir, config, num_shards, preview_count)
+    return finish(output_dir, config, flag_values or {}, time.time() - start)
+
+

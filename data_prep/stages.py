@@ -1,0 +1,258 @@
+"""The pipeline's stages as Beam DoFns and plain functions (tested directly in tests/test_data_prep.py).
+
+Per photo (`ProcessPhoto`): read -> decode -> detect (or take the manifest's landmarks) ->
+align -> filter. Per identity (`AverageIdentity`): morph-average the kept photos. Per face
+(`Decompose`): texture = face warped to the global mean landmarks. Per morph (`MakeMorph`).
+Every photo that does not end in an average is emitted on the `rejected` output with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from data_prep import average, decode, filters, morph
+from normalized_faces import alignment
+from normalized_faces import landmarks as lm
+
+log = logging.getLogger(__name__)
+REJECTED = "rejected"
+NAMESPACE = "data_prep"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepConfig:
+    """Every constant of data prep; the paper's values are the defaults."""
+
+    size: int = lm.ALIGNED_SIZE  # aligned crop (paper: 224)
+    interocular: float = lm.INTEROCULAR_DISTANCE  # paper: 55 px
+    min_photos_per_identity: int = 3  # paper: identities with >= 3 photos
+    detector: str = "hog"
+    upsample: int = 1
+    multiple_faces: str = "largest"  # or "reject"
+    min_face_interocular: float = 20.0  # px in the photo
+    max_pixels: int = decode.DEFAULT_MAX_PIXELS
+    min_side: int = decode.DEFAULT_MIN_SIDE
+    thresholds: filters.FilterThresholds = filters.FilterThresholds()
+    apply_filters: bool = True
+    num_morphs: int = 1_000_000  # paper: 1M
+    neighbours: int = 200  # paper: k = 200
+    texture_weight: float = 0.5  # not stated in the paper
+    composite_blur: float = 4.0  # px, Gaussian softening the compositing mask
+    validation_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class AlignedPhoto:
+    path: str
+    identity: str
+    image: np.ndarray  # [S, S, 3] uint8
+    landmarks: np.ndarray  # [68, 2]
+
+
+@dataclasses.dataclass
+class Face:
+    """An averaged identity or a morph, decomposed (texture filled in by Decompose / MakeMorph)."""
+
+    key: str
+    identity: str
+    kind: str
+    image: np.ndarray
+    landmarks: np.ndarray
+    parents: list
+    split: str = ""
+    texture: np.ndarray | None = None
+
+
+def rejection(path, identity, stage, reason, detail="", **values) -> dict:
+    return {"path": path, "identity": identity, "stage": stage, "reason": reason, "detail": detail, **values}
+
+
+def split_of(identity: str, validation_fraction: float) -> str:
+    """Train or validation, by a stable hash of the identity: no identity is in both."""
+    bucket = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "little") / 2**32
+    return "validation" if bucket < validation_fraction else "train"
+
+
+def _count(name):
+    Metrics.counter(NAMESPACE, name).inc()
+
+
+class ProcessPhoto(beam.DoFn):
+    """Stages 1-4 for one photo: (identity, AlignedPhoto) on the main output, or a rejection."""
+
+    def __init__(self, config: PrepConfig):
+        self.config = config
+        self._detector = None
+        self._seen = 0
+
+    def setup(self):
+        # Heavy resources once per worker. The detector is loaded on first need: manifest runs
+        # with landmarks never pay for it.
+        self._detector = None
+
+    def _detect(self, image):
+        if self._detector is None:
+            from normalized_faces.detection import FaceDetector
+
+            self._detector = FaceDetector(self.config.detector, self.config.upsample)
+        return self._detector(image)
+
+    def process(self, photo):
+        self._seen += 1
+        if self._seen % 100 == 0:
+            log.info("processed %d photos on this worker", self._seen)
+        _count("photos_read")
+        try:
+            aligned = self.process_one(photo)
+        except decode.RejectedPhoto as rejected:
+            _count(f"rejected_{rejected.reason}")
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, rejection(photo.path, photo.identity, rejected.values.pop("stage", "photo"), rejected.reason, rejected.detail, **rejected.values)
+            )
+            return
+        except Exception as error:  # noqa: BLE001 - one bad photo must never stop the job
+            log.exception("unexpected failure on %s", photo.path)
+            _count("rejected_error")
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection(photo.path, photo.identity, "photo", "error", f"{type(error).__name__}: {error}"))
+            return
+        _count("photos_kept")
+        yield photo.identity, aligned
+
+    def process_one(self, photo) -> AlignedPhoto:
+        """Read, decode, locate, align and filter one photo; raises RejectedPhoto."""
+        config = self.config
+        try:
+            with FileSystems.open(photo.path) as file:
+                data = file.read()
+        except Exception as error:  # noqa: BLE001
+            raise decode.RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
+        try:
+            image = decode.decode_photo(data, config.max_pixels, config.min_side)
+        except decode.RejectedPhoto as rejected:
+            rejected.values["stage"] = "decode"
+            raise
+        if photo.landmarks is not None:
+            points = np.asarray(photo.landmarks, np.float64).reshape(lm.NUM_LANDMARKS, 2)
+        else:
+            faces = self._detect(image)
+            if not faces:
+                raise decode.RejectedPhoto("no_face", f"{config.detector} detector found no face", stage="detect")
+            if len(faces) > 1:
+                _count("several_faces")
+                if config.multiple_faces == "reject":
+                    raise decode.RejectedPhoto("several_faces", f"{len(faces)} faces", stage="detect", faces=len(faces))
+            points = faces[0].landmarks
+        right, left = lm.eye_centers(points)
+        interocular = float(np.linalg.norm(left - right))
+        if interocular < config.min_face_interocular:
+            raise decode.RejectedPhoto(
+                "face_too_small", f"eyes {interocular:.1f} px apart", stage="detect", value=interocular, threshold=config.min_face_interocular
+            )
+        aligned = alignment.align_face(image, points, config.size, config.interocular)
+        if config.apply_filters:
+            measures = filters.measure(aligned.image, aligned.landmarks)
+            failure = filters.first_failure(measures, config.thresholds)
+            if failure:
+                reason, value, threshold = failure
+                raise decode.RejectedPhoto(reason, f"{value:.3f} vs threshold {threshold:g}", stage="filter", value=value, threshold=threshold)
+        return AlignedPhoto(photo.path, photo.identity, aligned.image, aligned.landmarks)
+
+
+class AverageIdentity(beam.DoFn):
+    """Stage 5: one averaged Face per identity with enough photos; the others' photos rejected."""
+
+    def __init__(self, config: PrepConfig):
+        self.config = config
+
+    def process(self, element):
+        identity, photos = element
+        photos = sorted(photos, key=lambda p: p.path)  # order-independent, hence reproducible
+        if len(photos) < self.config.min_photos_per_identity:
+            for photo in photos:
+                _count("rejected_too_few_photos")
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED,
+                    rejection(
+                        photo.path, identity, "average", "too_few_photos",
+                        f"{identity} has {len(photos)} usable photos, fewer than {self.config.min_photos_per_identity}",
+                        value=len(photos), threshold=self.config.min_photos_per_identity,
+                    ),
+                )
+            return
+        image, mean = average_photos(photos)
+        _count("identities_averaged")
+        yield Face(identity, identity, "average", image, mean, [p.path for p in photos], split_of(identity, self.config.validation_fraction))
+
+
+def average_photos(photos):
+    return average.average_identity(np.stack([p.image for p in photos]), np.stack([p.landmarks for p in photos]))
+
+
+class MeanLandmarks(beam.CombineFn):
+    """Stage 6a: the global mean of the averages' landmarks ([68, 2]; None when there are none)."""
+
+    def create_accumulator(self):
+        return np.zeros([lm.NUM_LANDMARKS, 2]), 0
+
+    def add_input(self, accumulator, landmarks):
+        total, count = accumulator
+        return total + np.asarray(landmarks, np.float64), count + 1
+
+    def merge_accumulators(self, accumulators):
+        totals, counts = zip(*accumulators)
+        return sum(totals), sum(counts)
+
+    def extract_output(self, accumulator):
+        total, count = accumulator
+        return (total / count).tolist() if count else None
+
+
+def decompose(face: Face, mean_landmarks) -> Face:
+    """Stage 6b: fill in the texture (the face warped to the mean landmarks)."""
+    face.texture = average.texture_of(face.image, face.landmarks, np.asarray(mean_landmarks))
+    _count(f"{face.kind}_faces")
+    return face
+
+
+class MakeMorph(beam.DoFn):
+    """Stage 7: one morph from its plan and its two parent faces (the compositor is cached)."""
+
+    def __init__(self, config: PrepConfig):
+        self.config = config
+        self._compositor = None
+
+    def process(self, element, mean_landmarks):
+        plan, seed_face, target_face = element
+        if self._compositor is None:
+            self._compositor = morph.PoissonCompositor(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
+        image, texture, points = morph.make_morph(
+            plan, (seed_face.texture, seed_face.landmarks), (target_face.texture, target_face.landmarks), np.asarray(mean_landmarks), self._compositor
+        )
+        _count("morphs")
+        yield Face(
+            f"morph-{seed_face.split}-{plan.morph_id:08d}", seed_face.identity, "morph", image, points,
+            [seed_face.identity, target_face.identity], seed_face.split, texture,
+        )
+
+
+def plan_split_morphs(element, total_faces, config: PrepConfig):
+    """Plans one split's share of the morphs, neighbours drawn from that split only."""
+    split, entries = element
+    entries = sorted(entries, key=lambda e: e[0])
+    if not entries or not total_faces:
+        return []
+    # The validation split gets its rounded share and train the rest, so the shares add up exactly.
+    validation_share = int(round(config.num_morphs * (len(entries) if split == "validation" else total_faces - len(entries)) / total_faces))
+    share = validation_share if split == "validation" else config.num_morphs - validation_share
+    keys = [key for key, _, _ in entries]
+    descriptors = morph.descriptor_matrix([l for _, l, _ in entries], [t for _, _, t in entries], config.texture_weight)
+    seed = int.from_bytes(hashlib.sha256(f"{config.seed}/{split}".encode()).digest()[:4], "little")
+    return morph.plan_morphs(keys, descriptors, share, config.neighbours, seed)

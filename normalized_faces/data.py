@@ -1,0 +1,176 @@
+"""The training records: one feature spec shared by data prep's writer and training's tf.data reader.
+
+A record is one face decomposed as the paper does: the image, its 68 landmarks, and its texture
+(the image warped from its landmarks to the dataset's global mean landmarks).
+
+  image      PNG bytes, [S, S, 3] uint8 RGB (S = 224: the aligned crop)
+  texture    PNG bytes, [S, S, 3] uint8 RGB, registered to the mean landmarks
+  landmarks  136 floats: 68 (x, y) pixel coordinates in the image
+  identity   bytes: the identity (morphs: the seed's)
+  kind       bytes: b"average" (an identity's morph-average) or b"morph" (a random morph)
+  parents    bytes list: an average's member photos, a morph's two parent identities
+  size       int64: S
+
+`metadata.json` beside the records holds the mean landmarks and everything else about the set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from normalized_faces.landmarks import NUM_LANDMARKS
+
+KINDS = ("average", "morph")
+SPLITS = ("train", "validation")
+METADATA_FILE = "metadata.json"
+
+FEATURE_SPEC = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "texture": tf.io.FixedLenFeature([], tf.string),
+    "landmarks": tf.io.FixedLenFeature([NUM_LANDMARKS * 2], tf.float32),
+    "identity": tf.io.FixedLenFeature([], tf.string),
+    "kind": tf.io.FixedLenFeature([], tf.string),
+    "parents": tf.io.VarLenFeature(tf.string),
+    "size": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+@dataclasses.dataclass
+class FaceRecord:
+    """One record, in numpy form (what data prep produces and `decode_record` returns)."""
+
+    image: np.ndarray  # [S, S, 3] uint8
+    texture: np.ndarray  # [S, S, 3] uint8
+    landmarks: np.ndarray  # [68, 2] float (x, y)
+    identity: str
+    kind: str
+    parents: list
+
+
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"record images must be [S, S, 3] uint8, got {image.dtype} {image.shape}")
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def serialize_record(record: FaceRecord) -> bytes:
+    """FaceRecord -> serialized tf.train.Example (the writer's half of the spec)."""
+    if record.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {record.kind!r}")
+    landmarks = np.asarray(record.landmarks, np.float32)
+    if landmarks.shape != (NUM_LANDMARKS, 2):
+        raise ValueError(f"landmarks must be [{NUM_LANDMARKS}, 2], got {landmarks.shape}")
+    size = record.image.shape[0]
+    if record.texture.shape != record.image.shape or record.image.shape[:2] != (size, size):
+        raise ValueError(f"image and texture must be the same square size, got {record.image.shape} and {record.texture.shape}")
+
+    def bytes_feature(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": bytes_feature([_png(record.image)]),
+                "texture": bytes_feature([_png(record.texture)]),
+                "landmarks": tf.train.Feature(float_list=tf.train.FloatList(value=landmarks.reshape(-1))),
+                "identity": bytes_feature([record.identity.encode()]),
+                "kind": bytes_feature([record.kind.encode()]),
+                "parents": bytes_feature([p.encode() for p in record.parents]),
+                "size": tf.train.Feature(int64_list=tf.train.Int64List(value=[size])),
+            }
+        )
+    )
+    return example.SerializeToString()
+
+
+def parse_record(serialized, image_size=224):
+    """Serialized example(s) -> dict of tensors (the reader's half of the spec; works in tf.data).
+
+    Returns (for one example): image and texture [S, S, 3] float32 in [0, 1], landmarks [68, 2],
+    identity, kind (strings), parents (1-D string tensor).
+    """
+    features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+
+    def decode(png):
+        image = tf.io.decode_png(png, channels=3)
+        image = tf.ensure_shape(image, [image_size, image_size, 3])
+        return tf.image.convert_image_dtype(image, tf.float32)
+
+    return {
+        "image": decode(features["image"]),
+        "texture": decode(features["texture"]),
+        "landmarks": tf.reshape(features["landmarks"], [NUM_LANDMARKS, 2]),
+        "identity": features["identity"],
+        "kind": features["kind"],
+        "parents": tf.sparse.to_dense(features["parents"]),
+    }
+
+
+def decode_record(serialized: bytes) -> FaceRecord:
+    """A serialized example -> FaceRecord (numpy; for tools and tests)."""
+    parsed = parse_record(serialized, image_size=tf.io.parse_single_example(serialized, FEATURE_SPEC)["size"])
+    to_uint8 = lambda t: np.round(t.numpy() * 255).astype(np.uint8)  # noqa: E731
+    return FaceRecord(
+        image=to_uint8(parsed["image"]),
+        texture=to_uint8(parsed["texture"]),
+        landmarks=parsed["landmarks"].numpy().astype(np.float64),
+        identity=parsed["identity"].numpy().decode(),
+        kind=parsed["kind"].numpy().decode(),
+        parents=[p.decode() for p in parsed["parents"].numpy()],
+    )
+
+
+def record_files(data_dir, split: str) -> list:
+    """The TFRecord shards of one split in a data prep output folder."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    files = sorted(str(p) for p in pathlib.Path(data_dir).glob(f"{split}-*.tfrecord"))
+    if not files:
+        raise FileNotFoundError(f"no {split}-*.tfrecord files in {data_dir}: run data prep (python -m data_prep.pipeline) first")
+    return files
+
+
+def load_metadata(data_dir) -> dict:
+    path = pathlib.Path(data_dir) / METADATA_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {data_dir} is not a data prep output folder")
+    return json.loads(path.read_text())
+
+
+def mean_landmarks(data_dir) -> np.ndarray:
+    """[68, 2] global mean landmarks of a prepared dataset (the textures' reference shape)."""
+    return np.asarray(load_metadata(data_dir)["mean_landmarks"], np.float32)
+
+
+def make_dataset(data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None):
+    """tf.data pipeline over a split's records: dicts as `parse_record` returns, optionally batched.
+
+    Shards are interleaved so several files are read at once; with shuffle_buffer > 0 records are
+    shuffled (files and records) with `seed`.
+    """
+    files = record_files(data_dir, split)
+    if image_size is None:
+        image_size = int(load_metadata(data_dir).get("image_size", 224))
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_buffer:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(lambda s: parse_record(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_size:
+        dataset = dataset.batch(batch_size, drop_remainder=repeat)
+    return dataset.prefetch(tf.data.AUTOTUNE)
