@@ -27,6 +27,7 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/warp_bench.py
 	$(PY) benchmarks/encoder_bench.py
+	$(PY) benchmarks/data_prep_bench.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache *.egg-info

@@ -191,18 +191,16 @@ def pipeline_options(beam_args) -> PipelineOptions:
     """Beam options from the leftover arguments.
 
     Locally (no --runner, or --runner=DirectRunner) the job runs on FnApiRunner, the engine Beam's
-    DirectRunner uses for batch jobs, with one worker thread per core: the heavy parts (dlib, OpenCV,
-    TensorFlow) release the GIL. (Beam 2.77's DirectRunner would first try to download its Prism
-    binary; going to FnApiRunner directly keeps the job offline.) --direct_running_mode=
-    multi_processing also works, but Beam's subprocess workers currently print a spurious
-    "exited with return code 120" after a successful run.
+    DirectRunner uses for batch jobs, with one worker process per core. (Beam 2.77's DirectRunner
+    would first try to download its Prism binary; going to FnApiRunner directly keeps the job
+    offline.) --direct_running_mode=multi_threading or in_memory run it in this process instead.
     """
     args = [a for a in beam_args if not a.startswith("--runner=")]
     runner = next((a.split("=", 1)[1] for a in beam_args if a.startswith("--runner=")), "DirectRunner")
     if runner in LOCAL_RUNNERS:
         runner = "FnApiRunner"
         if not any(a.startswith("--direct_running_mode") for a in args):
-            args.append("--direct_running_mode=multi_threading")
+            args.append("--direct_running_mode=multi_processing")
         if not any(a.startswith("--direct_num_workers") for a in args):
             args.append(f"--direct_num_workers={os.cpu_count() or 1}")
     return PipelineOptions(args + [f"--runner={runner}"])

@@ -18,8 +18,7 @@ import hashlib
 
 import cv2
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
+import scipy.fft
 from scipy.spatial import cKDTree
 
 from data_prep import average
@@ -94,51 +93,104 @@ class PoissonCompositor:
 
     Solves, over the pixels of the (dilated) mask, the discrete Poisson equation whose guidance
     field is the source's gradients where the soft mask is 1, the destination's where it is 0, and
-    their blend in between; outside the mask the destination is kept exactly. The mask is the same
-    for every morph (the mean landmarks' hull), so the sparse system is factorized once.
+    their blend in between; outside the mask the destination is kept exactly (Dirichlet boundary).
+
+    The solver is conjugate gradients preconditioned by the whole image's Laplacian inverse (a
+    discrete sine transform), which the masked Laplacian is close to: ~20 iterations to 1e-3 of a
+    grey level, all three channels at once, with nothing but arrays kept between calls. (A SciPy
+    SuperLU factorization kept alive inside Beam made the process exit with code 120.)
     """
 
-    def __init__(self, mean_landmarks: np.ndarray, size: int, blur_sigma: float = 4.0):
+    def __init__(self, mean_landmarks: np.ndarray, size: int, blur_sigma: float = 4.0, tolerance: float = 1e-3, max_iterations: int = 200):
         hull = cv2.convexHull(np.round(np.asarray(mean_landmarks) * 16).astype(np.int32))
         hard = np.zeros([size, size], np.uint8)
         cv2.fillConvexPoly(hard, hull, 255, lineType=cv2.LINE_AA, shift=4)
         self.soft = cv2.GaussianBlur(hard.astype(np.float64) / 255.0, (0, 0), blur_sigma)
-        # Unknowns: where the soft mask is non-negligible, away from the image border.
+        # Unknowns: where the soft mask is non-negligible, away from the image border. All the
+        # work happens in the region's bounding box (one pixel of margin), about a third of the image.
         region = self.soft > 1e-3
         region[0, :] = region[-1, :] = region[:, 0] = region[:, -1] = False
         self.region = region
         self.size = size
         ys, xs = np.nonzero(region)
-        index = -np.ones([size, size], np.int64)
-        index[ys, xs] = np.arange(len(ys))
-        self._ys, self._xs, self._index = ys, xs, index
-        rows, cols, values = [np.arange(len(ys))], [np.arange(len(ys))], [np.full(len(ys), 4.0)]
-        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-            neighbour = index[ys + dy, xs + dx]
-            inside = neighbour >= 0
-            rows.append(np.arange(len(ys))[inside])
-            cols.append(neighbour[inside])
-            values.append(-np.ones(inside.sum()))
-        matrix = scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(len(ys), len(ys)))
-        self._solve = scipy.sparse.linalg.factorized(matrix)
+        self._box = (slice(ys.min() - 1, ys.max() + 2), slice(xs.min() - 1, xs.max() + 2))
+        self._region = region[self._box][..., None]
+        self._soft = self.soft[self._box]
+        self.tolerance = tolerance
+        self.max_iterations = max_iterations
+        # The preconditioner inverts the Laplacian on a rectangle a little larger than the box's
+        # interior, sized so the sine transforms are fast (length + 1 a product of 2, 3, 5).
+        self._inner = tuple(n - 2 for n in self._region.shape[:2])
+        self._transform = tuple(scipy.fft.next_fast_len(n + 1) - 1 for n in self._inner)
+        axes = [2.0 - 2.0 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1)) for n in self._transform]
+        self._eigenvalues = (axes[0][:, None] + axes[1][None, :])[..., None]  # of -Laplacian
+        self.iterations = 0
+
+    def _neg_laplacian(self, values):
+        """-Laplacian of [h, w, C] values that are zero outside the region, on the region."""
+        out = 4.0 * values
+        out[1:] -= values[:-1]
+        out[:-1] -= values[1:]
+        out[:, 1:] -= values[:, :-1]
+        out[:, :-1] -= values[:, 1:]
+        return out * self._region
+
+    def _precondition(self, residual):
+        (h, w), (th, tw) = self._inner, self._transform
+        padded = np.zeros([th, tw, residual.shape[2]], residual.dtype)
+        padded[:h, :w] = residual[1:-1, 1:-1]
+        transformed = scipy.fft.dstn(padded, type=1, axes=(0, 1)) / self._eigenvalues
+        out = np.zeros_like(residual)
+        out[1:-1, 1:-1] = scipy.fft.idstn(transformed, type=1, axes=(0, 1))[:h, :w]
+        return out * self._region
 
     def __call__(self, source: np.ndarray, destination: np.ndarray) -> np.ndarray:
         """source, destination: [S, S, 3] uint8 (same frame). Returns the composite, uint8."""
-        src = np.asarray(source, np.float64)
-        dst = np.asarray(destination, np.float64)
-        ys, xs = self._ys, self._xs
-        result = dst.copy()
-        for channel in range(src.shape[2]):
-            s, d = src[..., channel], dst[..., channel]
-            rhs = np.zeros(len(ys))
-            for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-                qy, qx = ys + dy, xs + dx
-                mix = (self.soft[ys, xs] + self.soft[qy, qx]) / 2.0  # mask on the edge p-q
-                rhs += mix * (s[ys, xs] - s[qy, qx]) + (1.0 - mix) * (d[ys, xs] - d[qy, qx])
-                outside = self._index[qy, qx] < 0
-                rhs[outside] += d[qy[outside], qx[outside]]  # Dirichlet: the destination's value
-            result[ys, xs, channel] = self._solve(rhs)
+        src = np.asarray(source, np.float64)[self._box]
+        dst = np.asarray(destination, np.float64)[self._box]
+        region, soft = self._region, self._soft
+        # Right-hand side: the guidance field's divergence, plus the known destination values of
+        # the region's outside neighbours (Dirichlet). The box's edge is outside the region, so
+        # np.roll's wrap-around never reaches a region pixel.
+        rhs = np.zeros_like(src)
+        for axis, step in ((0, 1), (0, -1), (1, 1), (1, -1)):
+            s_q, d_q = np.roll(src, -step, axis), np.roll(dst, -step, axis)
+            mix = ((soft + np.roll(soft, -step, axis)) / 2.0)[..., None]
+            rhs += mix * (src - s_q) + (1.0 - mix) * (dst - d_q)
+            rhs += d_q * ~np.roll(region, -step, axis)
+        rhs *= region
+        # Preconditioned conjugate gradients, per channel, starting from the destination.
+        x = dst * region
+        r = rhs - self._neg_laplacian(x)
+        z = self._precondition(r)
+        p = z.copy()
+        rz = (r * z).sum(axis=(0, 1))
+        for self.iterations in range(1, self.max_iterations + 1):
+            ap = self._neg_laplacian(p)
+            alpha = rz / np.maximum((p * ap).sum(axis=(0, 1)), 1e-30)
+            x += alpha * p
+            r -= alpha * ap
+            if np.abs(r).max() < self.tolerance:
+                break
+            z = self._precondition(r)
+            rz_new = (r * z).sum(axis=(0, 1))
+            p = z + (rz_new / np.maximum(rz, 1e-30)) * p
+            rz = rz_new
+        result = np.asarray(destination, np.float64).copy()
+        result[self._box] = np.where(region, x, dst)
         return np.clip(result + 0.5, 0, 255).astype(np.uint8)
+
+
+_COMPOSITORS = {}
+
+
+def compositor_for(mean_landmarks, size, blur_sigma) -> PoissonCompositor:
+    """One compositor per process and mask (its setup is reused by every morph)."""
+    key = (np.asarray(mean_landmarks, np.float64).tobytes(), int(size), float(blur_sigma))
+    if key not in _COMPOSITORS:
+        _COMPOSITORS.clear()
+        _COMPOSITORS[key] = PoissonCompositor(mean_landmarks, size, blur_sigma)
+    return _COMPOSITORS[key]
 
 
 def make_morph(plan: MorphPlan, seed_face, target_face, mean_landmarks, compositor: PoissonCompositor):

@@ -223,18 +223,16 @@ def decompose(face: Face, mean_landmarks) -> Face:
 
 
 class MakeMorph(beam.DoFn):
-    """Stage 7: one morph from its plan and its two parent faces (the compositor is cached)."""
+    """Stage 7: one morph from its plan and its two parent faces."""
 
     def __init__(self, config: PrepConfig):
         self.config = config
-        self._compositor = None
 
     def process(self, element, mean_landmarks):
         plan, seed_face, target_face = element
-        if self._compositor is None:
-            self._compositor = morph.PoissonCompositor(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
+        compositor = morph.compositor_for(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
         image, texture, points = morph.make_morph(
-            plan, (seed_face.texture, seed_face.landmarks), (target_face.texture, target_face.landmarks), np.asarray(mean_landmarks), self._compositor
+            plan, (seed_face.texture, seed_face.landmarks), (target_face.texture, target_face.landmarks), np.asarray(mean_landmarks), compositor
         )
         _count("morphs")
         yield Face(
