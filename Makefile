@@ -15,8 +15,9 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# make demo INPUT=photos/  runs the same on your <identity>/<photo> folder.
 demo: $(VENV)/.installed
-	$(PY) -m normalized_faces.demo --output_dir=demo_output
+	$(PY) -m normalized_faces.demo --output_dir=demo_output $(if $(INPUT),--input=$(INPUT))
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

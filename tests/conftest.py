@@ -30,3 +30,13 @@ def shared_path(*parts):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20170)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """The tiny config's synthetic dataset, made once by the real data prep job."""
+    from normalized_faces import train
+
+    folder = tmp_path_factory.mktemp("tiny_data")
+    train.make_tiny_data(str(folder))
+    return str(folder)

@@ -1,0 +1,96 @@
+"""Loading a trained model for inference: from a training run's model_dir or an exported SavedModel.
+
+    model = load_model(path)      # either kind of folder
+    outputs = model(aligned)      # aligned [B, 224, 224, 3] float32 in [0, 1]
+    outputs["normalized_face"]    # [B, 224, 224, 3] uint8, plus landmarks, texture, embedding, descriptor
+
+Both kinds return the same dict, so the CLI, evaluation and tests do not care which they got.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from normalized_faces.model import NormalizedFaceModel
+from normalized_faces.train import MODEL_CONFIG_FILE
+EXPORT_METADATA = "assets.extra/normalized_faces.json"
+
+
+def restore_training_model(model_dir) -> NormalizedFaceModel:
+    """The model of a training run (model_config.json) with its latest checkpoint's weights."""
+    model_dir = pathlib.Path(model_dir)
+    config_path = model_dir / MODEL_CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a training run's model_dir (train_main.py writes it)")
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {model_dir / 'checkpoints'}: train the model first")
+    model = NormalizedFaceModel.from_config(json.loads(config_path.read_text()))
+    size = model.image_size
+    model(tf.zeros([1, size, size, 3]))
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    return model
+
+
+def model_outputs(model: NormalizedFaceModel, images):
+    """The serving outputs of a Keras model on [B, S, S, 3] float32 images in [0, 1]."""
+    out = model(images)
+    rendered = tf.clip_by_value(out["rendered"], 0.0, 1.0)
+    return {
+        "normalized_face": tf.cast(tf.round(rendered * 255.0), tf.uint8),
+        "landmarks": out["landmarks"],
+        "texture": tf.clip_by_value(out["texture"], 0.0, 1.0),
+        "embedding": out["embedding"],
+        "descriptor": out["descriptor"],
+    }
+
+
+def latest_version(export_dir) -> pathlib.Path:
+    """export_dir/N with the highest N (TF Serving's choice), or export_dir itself if it is a SavedModel."""
+    export_dir = pathlib.Path(export_dir)
+    if (export_dir / "saved_model.pb").exists():
+        return export_dir
+    versions = sorted((int(p.name), p) for p in export_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()) if export_dir.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"no SavedModel in {export_dir} (expected saved_model.pb or numbered version folders)")
+    return versions[-1][1]
+
+
+class LoadedModel:
+    """A uniform callable over a training run or an exported SavedModel."""
+
+    def __init__(self, path):
+        path = pathlib.Path(path)
+        self.metadata = {}
+        if (path / MODEL_CONFIG_FILE).exists():
+            self.kind = "checkpoint"
+            self.keras_model = restore_training_model(path)
+            self.image_size = self.keras_model.image_size
+            self.threshold = self.keras_model.encoder.threshold
+            self._call = lambda images: model_outputs(self.keras_model, images)
+            self.source = str(path)
+        else:
+            version = latest_version(path)
+            self.kind = "saved_model"
+            self._loaded = tf.saved_model.load(str(version))
+            signature = self._loaded.signatures["predict_images"]
+            self.image_size = int(signature.structured_input_signature[1]["images"].shape[1])
+            metadata_path = version / EXPORT_METADATA
+            self.metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+            from normalized_faces.encoders.base import VerificationThreshold
+
+            self.threshold = VerificationThreshold(**self.metadata["threshold"]) if "threshold" in self.metadata else None
+            self._call = lambda images: signature(images=images)
+            self.source = str(version)
+
+    def __call__(self, images) -> dict:
+        images = tf.convert_to_tensor(np.asarray(images, np.float32))
+        return {k: v.numpy() for k, v in self._call(images).items()}
+
+
+def load_model(path) -> LoadedModel:
+    return LoadedModel(path)

@@ -1,0 +1,320 @@
+"""The model: frozen encoder -> head -> landmark and texture decoders -> spline warp -> face.
+
+  photo [B, 224, 224, 3] -> encoder (frozen) -> features [B, F_enc]
+  features -> EncoderHead: fully connected + ReLU -> h [B, feature_dim]
+  h -> LandmarkDecoder: shallow MLP -> offsets from the mean landmarks -> landmarks [B, 68, 2]
+  h -> TextureDecoder: the paper's CNN (or its fully connected ablation) -> texture [B, 224, 224, 3],
+       registered to the mean landmarks
+  texture, mean landmarks -> predicted landmarks (SparseImageWarp, order 1) -> rendered face
+
+Losses (NormalizedFaceModel.train_step): landmark MSE (in units of the image size, squared),
+texture MAE, and the identity loss 1 - cos(embedding(photo), embedding(rendered)) (the paper's
+negative cosine similarity, offset by 1 so it is >= 0; same gradients). With the identity loss off
+(the paper's ablation) the warp is not run in training.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from normalized_faces import warp
+from normalized_faces.landmarks import NUM_LANDMARKS
+
+TEXTURE_DECODERS = ("cnn", "fc")
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class EncoderHead(keras.layers.Layer):
+    """The trained layer on top of the frozen encoder: [B, F_enc] -> fully connected + ReLU -> [B, feature_dim]."""
+
+    def __init__(self, feature_dim=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.feature_dim = int(feature_dim)
+        self.dense = keras.layers.Dense(self.feature_dim, activation="relu", name="dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, features):
+        return self.dense(features)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.feature_dim,)
+
+    def get_config(self):
+        return {**super().get_config(), "feature_dim": self.feature_dim}
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class LandmarkDecoder(keras.layers.Layer):
+    """Shallow MLP: [B, D] -> [B, 68, 2] landmarks = mean landmarks + predicted offsets (pixels).
+
+    The output layer starts at zero, so an untrained decoder predicts the mean face.
+    """
+
+    def __init__(self, mean_landmarks, hidden_sizes=(512,), **kwargs):
+        super().__init__(**kwargs)
+        self.mean_landmarks = np.asarray(mean_landmarks, np.float32).reshape(NUM_LANDMARKS, 2)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.hidden = [keras.layers.Dense(h, activation="relu", name=f"hidden_{i}") for i, h in enumerate(self.hidden_sizes)]
+        self.offsets = keras.layers.Dense(NUM_LANDMARKS * 2, kernel_initializer="zeros", name="offsets")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = shape[:-1] + (layer.units,)
+        self.offsets.build(shape)
+
+    def call(self, h):
+        for layer in self.hidden:
+            h = layer(h)
+        offsets = tf.reshape(tf.cast(self.offsets(h), tf.float32), [-1, NUM_LANDMARKS, 2])
+        return tf.constant(self.mean_landmarks)[None] + offsets
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], NUM_LANDMARKS, 2)
+
+    def get_config(self):
+        return {**super().get_config(), "mean_landmarks": self.mean_landmarks.tolist(), "hidden_sizes": list(self.hidden_sizes)}
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class TextureDecoder(keras.layers.Layer):
+    """[B, D] -> texture [B, S, S, 3].
+
+    kind="cnn" (the paper): fully connected to 14 x 14 x base, four 5 x 5 stride-2 transposed convs
+    separated by ReLU up to 224 x 224, channels max(base / 2^i, min_channels) (paper: base 256,
+    min 32), then a 1 x 1 conv to RGB. kind="fc" (the paper's ablation): one fully connected layer
+    to fc_size x fc_size x 3, bilinearly resized to S if smaller.
+    The output is linear, as in the paper (targets are in [0, 1]).
+    """
+
+    def __init__(self, kind="cnn", size=224, base_channels=256, min_channels=32, fc_size=None, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in TEXTURE_DECODERS:
+            raise ValueError(f"texture decoder kind must be one of {TEXTURE_DECODERS}, got {kind!r}")
+        self.kind = kind
+        self.size = int(size)
+        self.base_channels = int(base_channels)
+        self.min_channels = int(min_channels)
+        self.fc_size = int(fc_size or size)
+        if kind == "cnn":
+            if self.size % 16:
+                raise ValueError(f"the CNN texture decoder upsamples 16x from 14 x 14: size must be a multiple of 16, got {size}")
+            self.start = self.size // 16
+            self.project = keras.layers.Dense(self.start * self.start * self.base_channels, name="project")
+            self.upsample = [
+                keras.layers.Conv2DTranspose(max(self.base_channels // 2 ** i, self.min_channels), 5, strides=2, padding="same", name=f"deconv_{i}")
+                for i in range(1, 5)
+            ]
+            self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb")
+        else:
+            self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project")
+
+    def build(self, input_shape):
+        self.project.build(tuple(input_shape))
+        if self.kind == "cnn":
+            shape = (input_shape[0], self.start, self.start, self.base_channels)
+            for layer in self.upsample:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+            self.to_rgb.build(shape)
+
+    def call(self, h):
+        if self.kind == "fc":
+            texture = tf.reshape(self.project(h), [-1, self.fc_size, self.fc_size, 3])
+            if self.fc_size != self.size:
+                texture = tf.image.resize(texture, [self.size, self.size], method="bilinear")
+            return texture
+        x = tf.reshape(self.project(h), [-1, self.start, self.start, self.base_channels])
+        for i, layer in enumerate(self.upsample):
+            x = layer(tf.nn.relu(x) if i else x)  # "separated by ReLU"
+        return self.to_rgb(tf.nn.relu(x))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, 3)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "size": self.size,
+            "base_channels": self.base_channels,
+            "min_channels": self.min_channels,
+            "fc_size": self.fc_size,
+        }
+
+
+def _across_workers(strategy) -> bool:
+    """True under a MultiWorkerMirroredStrategy that really spans several workers."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(tasks) for tasks in spec.values()) > 1
+
+
+class NormalizedFaceModel(keras.Model):
+    """The whole model, with the paper's losses in its own train_step / test_step.
+
+    Call: images [B, S, S, 3] in [0, 1] -> {"landmarks", "texture", "rendered", "features",
+    "embedding", "descriptor"}. The encoder is passed in (built by normalized_faces.encoders.get_encoder) and
+    stays frozen; everything else trains.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        mean_landmarks,
+        feature_dim=1024,
+        landmark_hidden=(512,),
+        texture_decoder="cnn",
+        texture_base_channels=256,
+        texture_min_channels=32,
+        texture_fc_size=None,
+        image_size=224,
+        landmark_weight=100.0,
+        texture_weight=1.0,
+        identity_weight=0.1,
+        flow_stride=1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.encoder.trainable = False
+        self.image_size = int(image_size)
+        self.mean_landmarks = np.asarray(mean_landmarks, np.float32).reshape(NUM_LANDMARKS, 2)
+        self.head = EncoderHead(feature_dim, name="head")
+        self.landmark_decoder = LandmarkDecoder(self.mean_landmarks, landmark_hidden, name="landmark_decoder")
+        self.texture_decoder = TextureDecoder(
+            texture_decoder, self.image_size, texture_base_channels, texture_min_channels, texture_fc_size, name="texture_decoder"
+        )
+        self.renderer = warp.SparseImageWarp(order=1, num_boundary_points=4, flow_stride=flow_stride, name="renderer")
+        self.landmark_weight = float(landmark_weight)
+        self.texture_weight = float(texture_weight)
+        self.identity_weight = float(identity_weight)
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "landmark_loss", "texture_loss", "identity_loss", "identity_similarity")
+        }
+        # Batches whose loss was NaN/Inf: kept out of the means above, counted here (train.py's policy).
+        self.trackers["nonfinite_batches"] = keras.metrics.Sum(name="nonfinite_batches")
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) calls this from fit() under a strategy and first reduces a data batch with
+        # strategy.reduce, which MultiWorkerMirroredStrategy cannot do for a dict of tensors. Its
+        # only job is to build unbuilt layers and optimizer; train.build_model has built them all,
+        # so skip it then (tests/test_training.py's multi-worker test covers this override).
+        if all(layer.built for layer in self._flatten_layers()) and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    @property
+    def uses_identity_loss(self) -> bool:
+        return self.identity_weight > 0
+
+    def decode(self, features):
+        h = self.head(features)
+        return self.landmark_decoder(h), tf.cast(self.texture_decoder(h), tf.float32)
+
+    def render(self, texture, landmarks):
+        """Texture (registered to the mean landmarks) warped to `landmarks`: [B, S, S, 3] float32."""
+        batch = tf.shape(texture)[0]
+        mean = tf.tile(tf.constant(self.mean_landmarks)[None], [batch, 1, 1])
+        return self.renderer(texture, mean, landmarks)
+
+    def call(self, images, training=False):
+        encoded = self.encoder(images)
+        landmarks, texture = self.decode(encoded["features"])
+        return {
+            "landmarks": landmarks,
+            "texture": texture,
+            "rendered": self.render(texture, landmarks),
+            "features": encoded["features"],
+            "embedding": encoded["embedding"],
+            # The vector the encoder's published verification threshold is defined on (dlib: its
+            # raw descriptor; FaceNet: the embedding).
+            "descriptor": encoded[self.encoder.threshold.output],
+        }
+
+    def compute_losses(self, batch, training):
+        """Per-replica mean losses for a batch dict (image, texture, landmarks) from data.make_dataset."""
+        images = batch["image"]
+        encoded = self.encoder(images)
+        landmarks, texture = self.decode(encoded["features"])
+        size = float(self.image_size)
+        landmark_loss = tf.reduce_mean(tf.square((landmarks - batch["landmarks"]) / size))
+        texture_loss = tf.reduce_mean(tf.abs(texture - batch["texture"]))
+        total = self.landmark_weight * landmark_loss + self.texture_weight * texture_loss
+        losses = {"landmark_loss": landmark_loss, "texture_loss": texture_loss}
+        if self.uses_identity_loss:
+            # The rendered face goes back through the frozen encoder; clipping keeps it in the
+            # encoder's input range (the linear texture output can overshoot early in training).
+            rendered = tf.clip_by_value(self.render(texture, landmarks), 0.0, 1.0)
+            similarity = tf.reduce_sum(
+                tf.stop_gradient(encoded["embedding"]) * self.encoder(rendered)["embedding"], axis=-1
+            )
+            identity_loss = tf.reduce_mean(1.0 - similarity)
+            total += self.identity_weight * identity_loss
+            losses.update(identity_loss=identity_loss, identity_similarity=tf.reduce_mean(similarity))
+        losses["loss"] = total
+        return losses
+
+    def _update_trackers(self, losses):
+        finite = tf.cast(tf.math.is_finite(losses["loss"]), tf.float32)
+        for name, value in losses.items():
+            self.trackers[name].update_state(tf.where(finite > 0, value, 0.0), sample_weight=finite)
+        self.trackers["nonfinite_batches"].update_state(1.0 - finite)
+        results = {name: tracker.result() for name, tracker in self.trackers.items() if name in losses or name == "nonfinite_batches"}
+        if _across_workers(tf.distribute.get_strategy()):
+            # Keras (3.15) reduces step outputs across workers with strategy.reduce(MEAN, axis=0),
+            # which needs a leading axis: give the (already synchronized) scalars one.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def train_step(self, batch):
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(batch, training=True)
+            # Gradients are summed over replicas, so each replica contributes its mean / replicas.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(losses["loss"] / replicas)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        # A LossScaleOptimizer (train.py always uses one) skips the update when any gradient is
+        # not finite, so a NaN batch never reaches the weights.
+        self.optimizer.apply(gradients, variables)
+        return self._update_trackers(losses)
+
+    def test_step(self, batch):
+        return self._update_trackers(self.compute_losses(batch, training=False))
+
+    def get_config(self):
+        # The encoder is rebuilt from its own config; everything else is plain numbers.
+        return {
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "mean_landmarks": self.mean_landmarks.tolist(),
+            "feature_dim": self.head.feature_dim,
+            "landmark_hidden": list(self.landmark_decoder.hidden_sizes),
+            "texture_decoder": self.texture_decoder.kind,
+            "texture_base_channels": self.texture_decoder.base_channels,
+            "texture_min_channels": self.texture_decoder.min_channels,
+            "texture_fc_size": self.texture_decoder.fc_size,
+            "image_size": self.image_size,
+            "landmark_weight": self.landmark_weight,
+            "texture_weight": self.texture_weight,
+            "identity_weight": self.identity_weight,
+            "flow_stride": self.renderer.flow_stride,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)

@@ -1,0 +1,359 @@
+"""Training: strategy, model, data, checkpoints with auto-resume, summaries, progress (train_main.py is the CLI).
+
+`train(config)` is idempotent: the same config and model_dir resume from the latest checkpoint; a
+finished run does nothing and says so. Everything a run needs to be understood later is written to
+model_dir: config.json (resolved), checkpoints/, logs/ (TensorBoard scalars and image grids),
+samples/step_N.png (input | texture | landmarks | rendered, a row per validation face).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from normalized_faces import data, visualize
+from normalized_faces.model import NormalizedFaceModel
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+MODEL_CONFIG_FILE = "model_config.json"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str = ""
+    model_dir: str = ""
+    encoder: str = "facenet"  # the paper's; "dlib_resnet" works offline
+    encoder_weights: str | None = None
+    batch_size: int = 32  # global, over all replicas
+    train_steps: int = 100_000
+    learning_rate: float = 1e-4  # Adam
+    landmark_weight: float = 100.0
+    texture_weight: float = 1.0
+    identity_weight: float = 0.1  # 0 switches the identity loss (and the warp) off
+    feature_dim: int = 1024
+    landmark_hidden: tuple = (512,)
+    texture_decoder: str = "cnn"
+    texture_base_channels: int = 256
+    texture_min_channels: int = 32
+    texture_fc_size: int | None = None
+    flow_stride: int = 1
+    strategy: str = "default"
+    tpu: str | None = None
+    precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    checkpoint_interval: int = 1000
+    summary_interval: int = 100
+    validation_interval: int = 5000
+    validation_steps: int = 10
+    keep_checkpoints: int = 3
+    nonfinite: str = "stop"  # or "skip"
+
+    def check(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
+        for name in ("batch_size", "train_steps", "checkpoint_interval", "summary_interval", "validation_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.model_dir:
+            raise ValueError("model_dir is required")
+
+
+# Settings that change the model's variables: a resumed run must not silently change them.
+ARCHITECTURE_KEYS = (
+    "encoder", "feature_dim", "landmark_hidden", "texture_decoder", "texture_base_channels", "texture_min_channels", "texture_fc_size",
+)
+
+
+def tiny_config(model_dir: str, **overrides) -> TrainConfig:
+    """Like big_vision's runlocal: a tiny model on built-in synthetic data, a minute on a CPU.
+
+    The data (8 synthetic identities, 3 photos each, 40 morphs) is made by the real data prep job
+    in model_dir/tiny_data on first use; the encoder is the offline dlib ResNet.
+    """
+    settings = dict(
+        data_dir=str(pathlib.Path(model_dir) / "tiny_data"),
+        model_dir=model_dir,
+        encoder="dlib_resnet",
+        batch_size=8,
+        train_steps=200,
+        learning_rate=1e-3,
+        feature_dim=128,
+        landmark_hidden=(128,),
+        texture_base_channels=64,
+        texture_min_channels=16,
+        checkpoint_interval=50,
+        summary_interval=25,
+        validation_interval=100,
+        validation_steps=2,
+        shuffle_buffer=64,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def make_tiny_data(data_dir: str, seed: int = 0) -> None:
+    """Runs the real data prep job on synthetic faces (in this process) unless data_dir has records."""
+    if list(pathlib.Path(data_dir).glob("train-*.tfrecord")) and (pathlib.Path(data_dir) / data.METADATA_FILE).exists():
+        return
+    from data_prep import job, stages, synthetic
+
+    photos = pathlib.Path(data_dir) / "photos"
+    manifest = synthetic.write_synthetic_dataset(photos, num_identities=8, photos_per_identity=3, seed=seed)
+    config = stages.PrepConfig(num_morphs=40, validation_fraction=0.3, seed=seed)
+    summary = job.run(manifest, data_dir, config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4)
+    print(f"made tiny synthetic data in {data_dir}: {summary['records']}", flush=True)
+
+
+def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        # The cluster comes from TF_CONFIG (each worker runs the same command with its own index).
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> NormalizedFaceModel:
+    """The model (encoder with real weights inside), built and compiled; call inside a strategy scope."""
+    from normalized_faces.encoders import get_encoder
+
+    options = {"weights_path": config.encoder_weights} if config.encoder_weights else {}
+    encoder = get_encoder(config.encoder, aligned_size=image_size, **options)
+    model = NormalizedFaceModel(
+        encoder,
+        mean_landmarks,
+        feature_dim=config.feature_dim,
+        landmark_hidden=tuple(config.landmark_hidden),
+        texture_decoder=config.texture_decoder,
+        texture_base_channels=config.texture_base_channels,
+        texture_min_channels=config.texture_min_channels,
+        texture_fc_size=config.texture_fc_size,
+        image_size=image_size,
+        landmark_weight=config.landmark_weight,
+        texture_weight=config.texture_weight,
+        identity_weight=config.identity_weight,
+        flow_stride=config.flow_stride,
+    )
+    # Loss scaling also gives every precision the same guard: a step whose gradients are not
+    # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Adam(config.learning_rate), initial_scale=2.0**15 if config.precision == "mixed_float16" else 1.0
+    )
+    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    model(tf.zeros([1, image_size, image_size, 3]))  # create every variable before a restore
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes files (the only one, or worker 0 / the chief of a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type or task_type == "chief":
+        return True
+    if task_type == "worker":
+        return resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    return False
+
+
+class _Checkpoints:
+    """tf.train.CheckpointManager that is safe under MultiWorkerMirroredStrategy: every worker
+    saves (the save is collective), non-chief workers into a scratch folder they then delete."""
+
+    def __init__(self, model, directory: str, keep: int, strategy):
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        self.is_chief = is_chief(strategy)
+        task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
+        self.directory = directory if self.is_chief else os.path.join(directory, f".worker_{task_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
+        self.chief_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep) if not self.is_chief else self.manager
+
+    def restore(self):
+        latest = self.chief_manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def save(self, step: int):
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self.directory)
+        return path
+
+
+class _Supervisor(keras.callbacks.Callback):
+    """Checkpoints, progress line, sample grids, and the non-finite-loss policy, at each interval."""
+
+    def __init__(self, config: TrainConfig, checkpoints: _Checkpoints, sample_batch, writer, start_step: int):
+        super().__init__()
+        self.config = config
+        self.checkpoints = checkpoints
+        self.sample_batch = sample_batch
+        self.writer = writer
+        self.start_step = start_step
+        self.started = time.time()
+        self.nonfinite_steps = []
+        self.error = None
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._nonfinite_seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = int(float((logs or {}).get("nonfinite_batches", 0)))
+        if count > self._nonfinite_seen:
+            self._nonfinite_seen = count
+            step = self._step() + 1  # the step that was attempted (and skipped by the optimizer)
+            self.nonfinite_steps.append(step)
+            message = f"non-finite loss at step {step}: that batch's update was skipped, the weights are unchanged"
+            if self.config.nonfinite == "stop":
+                self.error = f"{message}; training stopped (--nonfinite=skip carries on past such batches)"
+                self.model.stop_training = True
+            else:
+                log.warning("%s (--nonfinite=skip)", message)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        step = self._step()
+        if self.error is not None:
+            return  # stopping: no checkpoint, progress line or samples from this epoch
+        path = self.checkpoints.save(step)
+        if self.checkpoints.is_chief:
+            log.info("checkpoint %s", path)
+        elapsed = time.time() - self.started
+        done = step - self.start_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        remaining = (self.config.train_steps - step) / rate if rate > 0 else float("nan")
+        losses = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if "nonfinite" not in k)
+        if self.nonfinite_steps:
+            losses += f" | {len(self.nonfinite_steps)} non-finite batches skipped so far"
+        if self.checkpoints.is_chief:
+            print(f"step {step}/{self.config.train_steps} {losses} | {rate:.2f} steps/s, ETA {remaining / 60:.1f} min", flush=True)
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for key, value in logs.items():
+                    tf.summary.scalar(key if key.startswith("val_") else f"train/{key}", float(value))
+                if self.sample_batch is not None and self.checkpoints.is_chief:
+                    grid = sample_grid(self.model, self.sample_batch)
+                    tf.summary.image("samples (input | texture | landmarks | rendered)", grid[None], max_outputs=1)
+                    samples = pathlib.Path(self.config.model_dir) / "samples"
+                    samples.mkdir(exist_ok=True)
+                    visualize.write_png(samples / f"step_{step:07d}.png", grid)
+            self.writer.flush()
+
+
+def sample_grid(model, batch) -> np.ndarray:
+    """A row per face: input | predicted texture | predicted landmarks on the input | rendered face."""
+    outputs = model(batch["image"])
+    rows = []
+    for i in range(int(batch["image"].shape[0])):
+        image = batch["image"][i].numpy()
+        rows.append(
+            [
+                image,
+                np.clip(outputs["texture"][i].numpy(), 0, 1),
+                visualize.draw_landmarks(image, outputs["landmarks"][i].numpy()),
+                np.clip(outputs["rendered"][i].numpy(), 0, 1),
+            ]
+        )
+    return visualize.image_grid(rows, column_titles=["input", "texture", "landmarks", "rendered"])
+
+
+def _write_config(config: TrainConfig, model_dir: pathlib.Path, is_chief: bool) -> None:
+    path = model_dir / "config.json"
+    resolved = dataclasses.asdict(config)
+    resolved["landmark_hidden"] = list(config.landmark_hidden)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = [k for k in ARCHITECTURE_KEYS if previous.get(k) != resolved.get(k)]
+        if changed:
+            raise ValueError(
+                f"{model_dir} holds a run with a different architecture ({', '.join(f'{k}: {previous.get(k)!r} -> {resolved.get(k)!r}' for k in changed)}); "
+                "use a new --model_dir"
+            )
+    if is_chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains (or resumes) a run. Returns {"step", "status", "history"}."""
+    config.check()
+    keras.utils.set_random_seed(config.seed)
+    model_dir = pathlib.Path(config.model_dir)
+    if config.precision != "float32":
+        keras.mixed_precision.set_global_policy(config.precision)
+    strategy = make_strategy(config.strategy, config.tpu)
+    chief = is_chief(strategy)
+    _write_config(config, model_dir, chief)
+    metadata = data.load_metadata(config.data_dir)
+    image_size = int(metadata.get("image_size", 224))
+    with strategy.scope():
+        model = build_model(config, metadata["mean_landmarks"], image_size)
+    if chief:  # what export and normalize-face rebuild the model from (with a checkpoint)
+        (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(model.get_config(), indent=2))
+    checkpoints = _Checkpoints(model, str(model_dir / "checkpoints"), config.keep_checkpoints, strategy)
+    restored = checkpoints.restore()
+    step = int(model.optimizer.iterations.numpy())
+    if restored:
+        print(f"resumed from {restored} at step {step}", flush=True)
+    if step >= config.train_steps:
+        print(f"nothing to do: {model_dir} is already trained to step {step} (train_steps={config.train_steps})", flush=True)
+        return {"step": step, "status": "already_done", "history": {}}
+
+    train_data = data.make_dataset(
+        config.data_dir, "train", batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, repeat=True, seed=config.seed + step, image_size=image_size,
+        keys=data.TRAINING_KEYS,
+    )
+    try:
+        validation = data.make_dataset(
+            config.data_dir, "validation", batch_size=config.batch_size, repeat=True, image_size=image_size, keys=data.TRAINING_KEYS
+        )
+        sample_batch = next(iter(data.make_dataset(config.data_dir, "validation", batch_size=4, image_size=image_size)))
+    except (FileNotFoundError, StopIteration):
+        validation, sample_batch = None, None
+    interval = config.checkpoint_interval
+    epochs = math.ceil(config.train_steps / interval)
+    writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else None
+    supervisor = _Supervisor(config, checkpoints, sample_batch, writer, step)
+    callbacks = [supervisor]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "logs" / "keras"), update_freq=config.summary_interval, write_graph=False))
+    fit_options = {}
+    if validation is not None:
+        fit_options = dict(validation_data=validation, validation_steps=config.validation_steps, validation_freq=max(1, config.validation_interval // interval))
+    history = model.fit(
+        train_data, epochs=epochs, initial_epoch=step // interval, steps_per_epoch=interval, callbacks=callbacks, verbose=0, **fit_options
+    )
+    final = int(model.optimizer.iterations.numpy())
+    if final < config.train_steps and not supervisor.error:
+        print(f"{config.train_steps - final} of the run's batches were skipped (non-finite loss): at step {final}; run again to continue", flush=True)
+    if supervisor.error:
+        raise FloatingPointError(f"{supervisor.error}. Last checkpoint: {checkpoints.chief_manager.latest_checkpoint}")
+    if chief:
+        print(f"trained to step {final}; checkpoints in {model_dir / 'checkpoints'}, TensorBoard logs in {model_dir / 'logs'}", flush=True)
+    return {"step": final, "status": "trained", "history": history.history, "nonfinite_steps": supervisor.nonfinite_steps}

@@ -1,0 +1,268 @@
+"""The model and its training: losses, frozen encoder, tf.distribute, resume after SIGKILL, NaN policy."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from normalized_faces import data, train
+from normalized_faces.model import EncoderHead, LandmarkDecoder, NormalizedFaceModel, TextureDecoder
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny(tmp_path, tiny_data_dir, **overrides):
+    return train.tiny_config(str(tmp_path / "run"), data_dir=tiny_data_dir, **overrides)
+
+
+def _model(config, tiny_data_dir):
+    metadata = data.load_metadata(tiny_data_dir)
+    return train.build_model(config, metadata["mean_landmarks"], metadata["image_size"])
+
+
+def _batch(tiny_data_dir, size=4):
+    return next(iter(data.make_dataset(tiny_data_dir, "train", batch_size=size, keys=data.TRAINING_KEYS)))
+
+
+# --- Layers ----------------------------------------------------------------------------------------
+
+
+def test_layers_round_trip_their_config_and_follow_the_paper():
+    mean = np.random.default_rng(0).uniform(50, 170, size=[68, 2])
+    for layer in (EncoderHead(64), LandmarkDecoder(mean, (32, 16)), TextureDecoder("cnn"), TextureDecoder("fc", size=224, fc_size=28)):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    decoder = TextureDecoder("cnn", base_channels=256, min_channels=32)
+    out = decoder(tf.zeros([2, 64]))
+    assert out.shape == (2, 224, 224, 3)
+    # FC to 14 x 14 x 256, four 5 x 5 stride-2 transposed convs to 224 x 224 x 32: channels
+    # max(256 / 2^i, 32) = 128, 64, 32, 32; then a 1 x 1 conv to RGB.
+    assert decoder.project.units == 14 * 14 * 256
+    assert [(l.filters, l.kernel_size, l.strides) for l in decoder.upsample] == [(c, (5, 5), (2, 2)) for c in (128, 64, 32, 32)]
+    assert decoder.to_rgb.kernel_size == (1, 1) and decoder.to_rgb.filters == 3
+    assert TextureDecoder("fc", size=224, fc_size=28)(tf.zeros([1, 8])).shape == (1, 224, 224, 3)
+    landmarks = LandmarkDecoder(mean)(tf.zeros([3, 8]))
+    np.testing.assert_allclose(landmarks.numpy(), np.broadcast_to(mean, [3, 68, 2]), atol=1e-4)  # starts at the mean face
+    with pytest.raises(ValueError, match="texture decoder kind"):
+        TextureDecoder("gan")
+
+
+# --- One step ------------------------------------------------------------------------------------
+
+
+def test_train_steps_change_only_the_decoders(tmp_path, tiny_data_dir):
+    config = _tiny(tmp_path, tiny_data_dir)
+    model = _model(config, tiny_data_dir)
+    encoder_before = [w.numpy().copy() for w in model.encoder.weights]
+    trainable_before = {id(w): w.numpy().copy() for w in model.trainable_variables}
+    assert model.encoder.trainable_weights == [] and len(model.trainable_variables) > 0
+    # Two steps: the landmark MLP's output layer starts at zero, so its hidden layer only gets a
+    # gradient from the second step on.
+    history = model.fit(data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0)
+    losses = {k: v[-1] for k, v in history.history.items()}
+    assert set(losses) == {"loss", "landmark_loss", "texture_loss", "identity_loss", "identity_similarity", "nonfinite_batches"}
+    assert all(np.isfinite(v) for v in losses.values())
+    for before, weight in zip(encoder_before, model.encoder.weights):
+        np.testing.assert_array_equal(before, weight.numpy())
+    changed = [not np.array_equal(trainable_before[id(w)], w.numpy()) for w in model.trainable_variables]
+    assert all(changed), "every head/decoder variable gets a gradient"
+    decoder_variables = {id(v) for part in (model.head, model.landmark_decoder, model.texture_decoder) for v in part.trainable_variables}
+    assert {id(v) for v in model.trainable_variables} == decoder_variables
+
+
+def test_without_identity_loss_the_warp_is_not_run(tmp_path, tiny_data_dir):
+    config = _tiny(tmp_path, tiny_data_dir, identity_weight=0.0)
+    model = _model(config, tiny_data_dir)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the warp ran in a training step without the identity loss")
+
+    model.renderer.call = forbidden
+    history = model.fit(data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0)
+    assert "identity_loss" not in history.history and np.isfinite(history.history["loss"][-1])
+
+
+def test_model_outputs(tmp_path, tiny_data_dir):
+    model = _model(_tiny(tmp_path, tiny_data_dir), tiny_data_dir)
+    batch = _batch(tiny_data_dir, 2)
+    outputs = model(batch["image"])
+    assert outputs["landmarks"].shape == (2, 68, 2)
+    assert outputs["texture"].shape == outputs["rendered"].shape == (2, 224, 224, 3)
+    assert outputs["features"].shape == (2, 256) and outputs["embedding"].shape == (2, 128)
+    # The renderer is the project's warp from the mean landmarks: with predicted = mean, rendered = texture.
+    np.testing.assert_allclose(outputs["landmarks"].numpy(), np.broadcast_to(model.mean_landmarks, [2, 68, 2]), atol=1e-3)
+    np.testing.assert_allclose(outputs["rendered"].numpy(), outputs["texture"].numpy(), atol=1e-3)
+
+
+# --- Learning ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_overfits_32_records(tmp_path, tiny_data_dir):
+    config = _tiny(tmp_path, tiny_data_dir, learning_rate=1e-3)
+    model = _model(config, tiny_data_dir)
+    records = data.make_dataset(tiny_data_dir, "train").take(32).cache()
+    assert sum(1 for _ in records) == 32
+    dataset = records.repeat().batch(8)
+    first = model.evaluate(records.batch(8), verbose=0, return_dict=True)["loss"]
+    model.fit(dataset, steps_per_epoch=300, epochs=1, verbose=0)
+    last = model.evaluate(records.batch(8), verbose=0, return_dict=True)
+    print(f"overfitting 32 records, 300 steps: total loss {first:.4f} -> {last['loss']:.4f} ({first / last['loss']:.1f}x); {last}")
+    assert last["loss"] < first / 5
+
+
+def test_mirrored_strategy_matches_one_device(tmp_path, tiny_data_dir):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    batch = _batch(tiny_data_dir, 4)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    config = _tiny(tmp_path, tiny_data_dir, learning_rate=1e-3)
+    keras.utils.set_random_seed(1)
+    single = _model(config, tiny_data_dir)
+    with tf.distribute.MirroredStrategy(devices).scope():
+        mirrored = _model(config, tiny_data_dir)
+    for a, b in zip(single.weights, mirrored.weights):
+        b.assign(a.numpy())
+    one = single.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0).history
+    two = mirrored.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0).history
+    print("one device:", {k: v[-1] for k, v in one.items()}, "mirrored x2:", {k: v[-1] for k, v in two.items()})
+    # Same global batch split over two replicas: the same mean losses and the same updates, up to
+    # float32 summation order (and the warp's float32 solve, ~1e-4 relative).
+    for key in one:
+        assert two[key][-1] == pytest.approx(one[key][-1], rel=1e-3, abs=1e-6), key
+    for a, b in zip(single.trainable_variables, mirrored.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-5)
+
+
+# --- The driver: resume, finished runs, NaN --------------------------------------------------------
+
+
+def _train_main(model_dir, data_dir, *flags, env=None):
+    return [sys.executable, str(REPO / "train_main.py"), "--config=tiny", f"--model_dir={model_dir}", f"--data_dir={data_dir}", *flags]
+
+
+def _steps(model_dir):
+    state = tf.train.get_checkpoint_state(str(pathlib.Path(model_dir) / "checkpoints"))
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] if state else []
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data_dir):
+    model_dir = tmp_path / "run"
+    command = _train_main(model_dir, tiny_data_dir, "--train_steps=60", "--checkpoint_interval=10", "--identity_weight=0")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s >= 20 for s in _steps(model_dir)):
+        time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(_steps(model_dir))
+    assert 20 <= killed_at < 60
+    for step in _steps(model_dir):  # every checkpoint left behind is whole
+        reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / f"ckpt-{step}"))
+        assert reader.get_variable_to_shape_map()
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {killed_at}" in resumed.stdout
+    assert f"step {killed_at + 10}/60" in resumed.stdout and f"step {killed_at}/60" not in resumed.stdout  # no second copy
+    assert max(_steps(model_dir)) == 60
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to do" in again.stdout and "already trained to step 60" in again.stdout
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["train_steps"] == 60 and config["encoder"] == "dlib_resnet"
+    assert list((model_dir / "samples").glob("step_*.png")) and list((model_dir / "logs").rglob("events.out.tfevents.*"))
+
+
+def _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=None):
+    """A copy of the tiny data plus a training shard of `count` records (default: as many as there
+    are) with a NaN landmark."""
+    folder = tmp_path / "nan_data"
+    shutil.copytree(tiny_data_dir, folder)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(data.record_files(folder, "train"))]
+    with tf.io.TFRecordWriter(str(folder / "train-99999-of-99999.tfrecord")) as writer:
+        for serialized in records[:count]:
+            example = tf.train.Example.FromString(serialized)
+            example.features.feature["landmarks"].float_list.value[7] = float("nan")
+            writer.write(example.SerializeToString())
+    return str(folder)
+
+
+def test_nan_loss_stops_training_naming_the_step(tmp_path, tiny_data_dir):
+    nan_data = _data_with_nan_landmarks(tiny_data_dir, tmp_path)
+    config = train.tiny_config(str(tmp_path / "run"), data_dir=nan_data, train_steps=40, checkpoint_interval=20, identity_weight=0.0)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+: that batch.s update was skipped, the weights are unchanged; training stopped"):
+        train.train(config)
+    model = _model(config, nan_data)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    if latest:
+        checkpoint.restore(latest)
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+
+
+def test_nan_loss_can_be_skipped(tmp_path, tiny_data_dir):
+    nan_data = _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=2)
+    config = train.tiny_config(str(tmp_path / "run"), data_dir=nan_data, train_steps=20, checkpoint_interval=10, identity_weight=0.0, nonfinite="skip")
+    result = train.train(config)
+    skipped = len(result["nonfinite_steps"])
+    print(f"skipped {skipped} of 20 batches: {result['nonfinite_steps']}")
+    assert result["status"] == "trained" and skipped > 0
+    model = _model(config, nan_data)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")))
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    assert int(model.optimizer.iterations.numpy()) == result["step"] == 20 - skipped
+
+
+def test_changing_the_architecture_of_an_existing_run_is_refused(tmp_path, tiny_data_dir):
+    config = _tiny(tmp_path, tiny_data_dir, train_steps=2, checkpoint_interval=2, identity_weight=0.0)
+    train.train(config)
+    with pytest.raises(ValueError, match="different architecture .*feature_dim"):
+        train.train(_tiny(tmp_path, tiny_data_dir, train_steps=4, feature_dim=64))
+
+
+# --- Several machines ------------------------------------------------------------------------------
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes_on_localhost(tmp_path, tiny_data_dir):
+    model_dir = tmp_path / "run"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="2")
+        command = _train_main(model_dir, tiny_data_dir, "--strategy=multi_worker_mirrored", "--train_steps=6", "--checkpoint_interval=3", "--identity_weight=0")
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for process in processes:
+        out, _ = process.communicate(timeout=600)
+        outputs.append(out)
+        assert process.returncode == 0, out[-3000:]
+    assert "step 6/6" in outputs[0]
+    assert _steps(model_dir) == [3, 6]
+    assert not list((model_dir / "checkpoints").glob(".worker_*"))  # the other worker's scratch copy is gone
+    config = train.tiny_config(str(model_dir), data_dir=tiny_data_dir)
+    model = _model(config, tiny_data_dir)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(str(model_dir / "checkpoints" / "ckpt-6")).assert_existing_objects_matched()
+    assert int(model.optimizer.iterations.numpy()) == 6
