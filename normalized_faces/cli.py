@@ -24,13 +24,17 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Exported SavedModel (version or base folder) or a training model_dir.")
-flags.DEFINE_string("output_dir", None, "Where normalized faces and grid.png go.")
-flags.DEFINE_string("manifest", None, "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).")
-flags.DEFINE_bool("adjust_colors", False, "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).")
-flags.DEFINE_bool("save_aligned", False, "Also write the aligned 224 x 224 input crops (<photo>_aligned.png).")
-flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector.")
-flags.DEFINE_integer("batch_size", 16, "Faces per model call.")
+
+
+def define_flags():
+    """The command's flags (defined on use, so importing this module defines none)."""
+    flags.DEFINE_string("model", None, "Exported SavedModel (version or base folder) or a training model_dir.")
+    flags.DEFINE_string("output_dir", None, "Where normalized faces and grid.png go.")
+    flags.DEFINE_string("manifest", None, "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).")
+    flags.DEFINE_bool("adjust_colors", False, "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).")
+    flags.DEFINE_bool("save_aligned", False, "Also write the aligned 224 x 224 input crops (<photo>_aligned.png).")
+    flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector.")
+    flags.DEFINE_integer("batch_size", 16, "Faces per model call.")
 
 
 class FaceJob:
@@ -148,6 +152,7 @@ def main(argv):
 
 def entry_point():
     """The `normalize-face` console script."""
+    define_flags()
     app.run(main)
 
 

@@ -96,7 +96,7 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     step("2/6 data prep (Beam): align, filter, average identities, morph")
     data_dir = output_dir / "data"
     summary = job.run(
-        training_input, str(data_dir), stages.PrepConfig(num_morphs=num_morphs, validation_fraction=0.2, seed=seed),
+        training_input, str(data_dir), stages.PrepConfig(num_morphs=num_morphs, validation_fraction=0.3, seed=seed),
         ["--direct_running_mode=in_memory"], num_shards=2, preview_count=8,
     )
     job.print_summary(summary, str(data_dir))
@@ -136,7 +136,7 @@ def _normalize_items(model_path, output_dir, items):
         visualize.write_png(output_dir / f"{job.name}.png", result["normalized_face"])
         adjusted = adjust.adjust_photo(job.aligned.image, job.aligned.image, result["normalized_face"])
         rows.append([job.aligned.image, result["normalized_face"], adjusted])
-        labels.append(f"{job.photo_path.parent.name[-12:]}/{job.name}")
+        labels.append(f"{job.photo_path.parent.name}/{job.name}")
     visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=["input (aligned)", "normalized", "colour-adjusted input"]))
 
 

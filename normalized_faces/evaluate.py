@@ -24,11 +24,15 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Exported SavedModel or training model_dir.")
-flags.DEFINE_string("photos", None, "Folder <root>/<identity>/<photo> of test photos.")
-flags.DEFINE_string("manifest", None, "Or a manifest (.jsonl/.csv) with path, identity, landmarks.")
-flags.DEFINE_string("output_dir", None, "Where distance_histogram.png and report.json go.")
-flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector (photos without manifest landmarks).")
+
+
+def define_flags():
+    """The command's flags (defined on use, so importing this module defines none)."""
+    flags.DEFINE_string("model", None, "Exported SavedModel or training model_dir.")
+    flags.DEFINE_string("photos", None, "Folder <root>/<identity>/<photo> of test photos.")
+    flags.DEFINE_string("manifest", None, "Or a manifest (.jsonl/.csv) with path, identity, landmarks.")
+    flags.DEFINE_string("output_dir", None, "Where distance_histogram.png and report.json go.")
+    flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector (photos without manifest landmarks).")
 
 
 def _mean_pairwise(vectors, threshold) -> float | None:
@@ -136,4 +140,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

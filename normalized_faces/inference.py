@@ -78,9 +78,9 @@ class LoadedModel:
             self.kind = "saved_model"
             self._loaded = tf.saved_model.load(str(version))
             signature = self._loaded.signatures["predict_images"]
-            self.image_size = int(signature.structured_input_signature[1]["images"].shape[1])
             metadata_path = version / EXPORT_METADATA
             self.metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+            self.image_size = int(self.metadata.get("image_size", 224))
             from normalized_faces.encoders.base import VerificationThreshold
 
             self.threshold = VerificationThreshold(**self.metadata["threshold"]) if "threshold" in self.metadata else None

@@ -58,8 +58,15 @@ class LandmarkDecoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mean_landmarks = np.asarray(mean_landmarks, np.float32).reshape(NUM_LANDMARKS, 2)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.hidden = [keras.layers.Dense(h, activation="relu", name=f"hidden_{i}") for i, h in enumerate(self.hidden_sizes)]
+        # One attribute per layer (not a list): tf.train.Checkpoint only follows attributes, and
+        # layers kept in a Python list on a Keras 3 layer would be missing from checkpoints.
+        for i, h in enumerate(self.hidden_sizes):
+            setattr(self, f"hidden_{i}", keras.layers.Dense(h, activation="relu", name=f"hidden_{i}"))
         self.offsets = keras.layers.Dense(NUM_LANDMARKS * 2, kernel_initializer="zeros", name="offsets")
+
+    @property
+    def hidden(self):
+        return [getattr(self, f"hidden_{i}") for i in range(len(self.hidden_sizes))]
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -106,13 +113,16 @@ class TextureDecoder(keras.layers.Layer):
                 raise ValueError(f"the CNN texture decoder upsamples 16x from 14 x 14: size must be a multiple of 16, got {size}")
             self.start = self.size // 16
             self.project = keras.layers.Dense(self.start * self.start * self.base_channels, name="project")
-            self.upsample = [
-                keras.layers.Conv2DTranspose(max(self.base_channels // 2 ** i, self.min_channels), 5, strides=2, padding="same", name=f"deconv_{i}")
-                for i in range(1, 5)
-            ]
+            for i in range(1, 5):  # one attribute per layer, as in LandmarkDecoder
+                channels = max(self.base_channels // 2 ** i, self.min_channels)
+                setattr(self, f"deconv_{i}", keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name=f"deconv_{i}"))
             self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb")
         else:
             self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project")
+
+    @property
+    def upsample(self):
+        return [getattr(self, f"deconv_{i}") for i in range(1, 5)]
 
     def build(self, input_shape):
         self.project.build(tuple(input_shape))
@@ -315,6 +325,9 @@ class NormalizedFaceModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        # Importing the encoder modules registers their classes for deserialization.
+        from normalized_faces.encoders import dlib_resnet, facenet  # noqa: F401
+
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)

@@ -40,3 +40,21 @@ def tiny_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_data")
     train.make_tiny_data(str(folder))
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_data_dir):
+    """A tiny training run (10 steps) on the tiny data: enough to export and call."""
+    from normalized_faces import train
+
+    model_dir = tmp_path_factory.mktemp("run")
+    train.train(train.tiny_config(str(model_dir), data_dir=tiny_data_dir, train_steps=10, checkpoint_interval=10))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+    """The tiny run exported as export_dir/1."""
+    from export import saved_model
+
+    return saved_model.export(trained_run, tmp_path_factory.mktemp("exports"))

@@ -13,22 +13,9 @@ import tensorflow as tf
 
 from data_prep import synthetic
 from export import saved_model, serving_client
-from normalized_faces import alignment, inference, train
+from normalized_faces import alignment, inference
 
 SAVED_MODEL_CLI = pathlib.Path(sys.executable).parent / "saved_model_cli"
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_data_dir):
-    model_dir = tmp_path_factory.mktemp("run")
-    train.train(train.tiny_config(str(model_dir), data_dir=tiny_data_dir, train_steps=10, checkpoint_interval=10))
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("exports")
-    return saved_model.export(trained_run, export_dir)
 
 
 def _aligned_faces(count=3, seed=11):

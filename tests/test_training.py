@@ -266,3 +266,22 @@ def test_multi_worker_mirrored_two_processes_on_localhost(tmp_path, tiny_data_di
     model = _model(config, tiny_data_dir)
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(str(model_dir / "checkpoints" / "ckpt-6")).assert_existing_objects_matched()
     assert int(model.optimizer.iterations.numpy()) == 6
+
+
+def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
+    # Layers kept in Python lists would silently drop out of tf.train.Checkpoint; restore a run
+    # whose every variable was set to a distinct value and compare them all.
+    from normalized_faces import inference
+
+    config = _tiny(tmp_path, tiny_data_dir, train_steps=1, checkpoint_interval=1, identity_weight=0.0)
+    train.train(config)
+    model = _model(config, tiny_data_dir)
+    rng = np.random.default_rng(3)
+    for variable in model.trainable_variables:
+        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path / "run" / "checkpoints"), 3)
+    manager.save(checkpoint_number=99)
+    restored = inference.restore_training_model(tmp_path / "run")
+    assert len(restored.weights) == len(model.weights)
+    for a, b in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
