@@ -7,7 +7,7 @@
 training run's model_dir. Photos of any size: faces are found with dlib (or taken from the
 manifest's landmarks), aligned exactly as in data prep, and normalized. Writes one PNG per face
 (<photo>.png, or <photo>_face<i>.png for photos with several) and grid.png (a row per face: aligned
-input | normalized face). --adjust_colors also writes <photo>_adjusted.png, the paper's automatic
+input | normalized face); photos sharing a file name get their folder's name in front. --adjust_colors also writes <photo>_adjusted.png, the paper's automatic
 photo adjustment. Unreadable photos and photos without a face get a line each and the rest go on;
 the exit code is 1 if any photo failed, else 0.
 """
@@ -47,9 +47,18 @@ class FaceJob:
         self.photo = photo
         self.aligned = aligned
 
-    @property
-    def name(self) -> str:
-        return self.photo_path.stem + (f"_face{self.index}" if self.count > 1 else "")
+    def name(self, with_folder=False) -> str:
+        stem = f"{self.photo_path.parent.name}_{self.photo_path.stem}" if with_folder else self.photo_path.stem
+        return stem + (f"_face{self.index}" if self.count > 1 else "")
+
+
+def output_names(jobs) -> list:
+    """File stems for the jobs: the photo's name, prefixed by its folder when two photos share a name
+    (e.g. person_a/01.jpg and person_b/01.jpg), so no output overwrites another."""
+    photos_by_stem = {}
+    for job in jobs:
+        photos_by_stem.setdefault(job.photo_path.stem, set()).add(job.photo_path)
+    return [job.name(with_folder=len(photos_by_stem[job.photo_path.stem]) > 1) for job in jobs]
 
 
 def collect_faces(paths_and_landmarks, detector_model="hog", report=print):
@@ -117,18 +126,18 @@ def run(model_path, output_dir, photos, manifest=None, adjust_colors=False, save
     output_dir.mkdir(parents=True, exist_ok=True)
     results = normalize(model, jobs, batch_size) if jobs else []
     rows, labels = [], []
-    for job, result in zip(jobs, results):
+    for job, name, result in zip(jobs, output_names(jobs), results):
         normalized = result["normalized_face"]
-        visualize.write_png(output_dir / f"{job.name}.png", normalized)
+        visualize.write_png(output_dir / f"{name}.png", normalized)
         if save_aligned:
-            visualize.write_png(output_dir / f"{job.name}_aligned.png", job.aligned.image)
+            visualize.write_png(output_dir / f"{name}_aligned.png", job.aligned.image)
         row = [job.aligned.image, normalized]
         if adjust_colors:
             adjusted = adjust.adjust_photo(job.photo, job.aligned.image, normalized)
-            visualize.write_png(output_dir / f"{job.name}_adjusted.png", adjusted)
+            visualize.write_png(output_dir / f"{name}_adjusted.png", adjusted)
             row.append(adjust.adjust_photo(job.aligned.image, job.aligned.image, normalized))
         rows.append(row)
-        labels.append(job.name[:18])
+        labels.append(name[:24])
     if rows:
         titles = ["input (aligned)", "normalized"] + (["adjusted"] if adjust_colors else [])
         visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=titles))

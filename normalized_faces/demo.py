@@ -132,11 +132,11 @@ def _normalize_items(model_path, output_dir, items):
     results = cli.normalize(model, jobs)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, labels = [], []
-    for job, result in zip(jobs, results):
-        visualize.write_png(output_dir / f"{job.name}.png", result["normalized_face"])
+    for job, name, result in zip(jobs, cli.output_names(jobs), results):
+        visualize.write_png(output_dir / f"{name}.png", result["normalized_face"])
         adjusted = adjust.adjust_photo(job.aligned.image, job.aligned.image, result["normalized_face"])
         rows.append([job.aligned.image, result["normalized_face"], adjusted])
-        labels.append(f"{job.photo_path.parent.name}/{job.name}")
+        labels.append(name)
     visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=["input (aligned)", "normalized", "colour-adjusted input"]))
 
 

@@ -45,7 +45,7 @@ def test_normalize_face_command_on_synthetic_photos_with_bad_inputs(exported, sy
     assert "normalized 6 faces from 6 of 10 photos" in lines and "4 photos failed" in lines
     written = sorted(p.name for p in out.glob("*.png"))
     assert "grid.png" in written and len([n for n in written if n.endswith("_adjusted.png")]) == 6
-    face = cv2.imread(str(out / "00.png"))
+    face = cv2.imread(str(out / "synthetic_000_00.png"))  # same file names in several folders: prefixed
     assert face.shape == (224, 224, 3) and face.std() > 5
     grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape[0] > 6 * 224  # a row per face
