@@ -29,6 +29,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/warp_bench.py
 	$(PY) benchmarks/encoder_bench.py
 	$(PY) benchmarks/data_prep_bench.py
+	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/serving_bench.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache *.egg-info

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from normalized_faces.encoders import get_encoder  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes.")
@@ -56,16 +55,6 @@ def _chips(count):
     return chips, source
 
 
-def _median_seconds(fn, runs):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv):
     del argv
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
@@ -80,12 +69,12 @@ def main(argv):
         uint8 = chips[:batch]
         floats = tf.constant(uint8.astype(np.float32) / 255.0)
         if batch == 1:
-            dlib_time = _median_seconds(lambda: reference.compute_face_descriptor(uint8[0]), FLAGS.runs)
+            dlib_time = median_seconds(lambda: reference.compute_face_descriptor(uint8[0]), FLAGS.runs)
         else:
             batch_list = list(uint8)
-            dlib_time = _median_seconds(lambda: reference.compute_face_descriptor(batch_list), FLAGS.runs)
-        graph_time = _median_seconds(lambda: graph(floats).numpy(), FLAGS.runs)
-        xla_time = _median_seconds(lambda: xla(floats).numpy(), FLAGS.runs)
+            dlib_time = median_seconds(lambda: reference.compute_face_descriptor(batch_list), FLAGS.runs)
+        graph_time = median_seconds(lambda: graph(floats).numpy(), FLAGS.runs)
+        xla_time = median_seconds(lambda: xla(floats).numpy(), FLAGS.runs)
         print(f"{batch:>5} {batch / dlib_time:>15.1f} {batch / graph_time:>18.1f} {batch / xla_time:>16.1f} {dlib_time / graph_time:>10.2f}x", flush=True)
     ours = graph(tf.constant(chips.astype(np.float32) / 255.0)).numpy()
     theirs = np.array([np.array(reference.compute_face_descriptor(chip)) for chip in chips])

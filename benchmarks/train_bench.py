@@ -15,8 +15,6 @@ decoder (256 channels at 14 x 14, feature_dim 1024); tiny uses the tiny config's
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,22 +23,13 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from normalized_faces import landmarks, train  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("runs", 5, "Timed runs (median printed).")
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Decoder sizes: the tiny config's or the paper's.")
 flags.DEFINE_enum("encoder", "dlib_resnet", ["dlib_resnet", "facenet"], "Encoder (facenet needs its weights).")
-
-
-def _median_ms(fn, runs):
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main(argv):
@@ -95,11 +84,11 @@ def main(argv):
     step = model.train_function
 
     figures = {
-        "encoder forward (input)": _median_ms(lambda: encoder_forward().numpy(), FLAGS.runs),
-        "decoders forward + backward": _median_ms(lambda: [g.numpy() for g in decoders()], FLAGS.runs),
-        "warp forward + backward": _median_ms(lambda: [g.numpy() for g in warp()], FLAGS.runs),
-        "encoder forward + backward": _median_ms(lambda: encoder_backward().numpy(), FLAGS.runs),
-        "full train step": _median_ms(lambda: step(iterator), FLAGS.runs),
+        "encoder forward (input)": 1000 * median_seconds(lambda: encoder_forward().numpy(), FLAGS.runs),
+        "decoders forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in decoders()], FLAGS.runs),
+        "warp forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in warp()], FLAGS.runs),
+        "encoder forward + backward": 1000 * median_seconds(lambda: encoder_backward().numpy(), FLAGS.runs),
+        "full train step": 1000 * median_seconds(lambda: step(iterator), FLAGS.runs),
     }
     print(f"batch {FLAGS.batch_size}, {FLAGS.config} decoder, {FLAGS.encoder} encoder, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
     for name, ms in figures.items():

@@ -20,8 +20,6 @@ against a float64 solution.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from normalized_faces import landmarks, warp  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to time.")
@@ -89,15 +88,7 @@ def reference_style_warp(image, source, dest, num_boundary_points):
 
 
 def _median_ms(fn, args, runs):
-    result = fn(*args)  # trace / compile
-    tf.nest.map_structure(lambda t: t.numpy(), result)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn(*args)
-        tf.nest.map_structure(lambda t: t.numpy(), result)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(*args)), runs)
 
 
 def _forward_and_backward(warp_fn):

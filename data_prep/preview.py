@@ -18,7 +18,7 @@ def _records(path):
 
 def preview_sheet(averages, morphs) -> np.ndarray:
     """Rows: averages (image + landmarks, texture), then morphs (image + landmarks, texture); 4 per row."""
-    cells, labels = [], []
+    cells = []
     for title, records, color in (("average", averages, (255, 40, 40)), ("morph", morphs, (40, 120, 255))):
         for record in records:
             name = record.identity if title == "average" else "+".join(record.parents)

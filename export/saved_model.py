@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -144,11 +143,15 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A training run (train_main.py's --model_dir).")
-flags.DEFINE_string("export_dir", None, "Base folder; the model goes to export_dir/<version>/ as TF Serving expects.")
-flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).")
-flags.DEFINE_string("model_name", "normalized_faces", "Model name used in the warm-up requests (TF Serving's --model_name).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+
+
+def define_flags():
+    """The command's flags (defined on use, so importing this module defines none)."""
+    flags.DEFINE_string("model_dir", None, "A training run (train_main.py's --model_dir).")
+    flags.DEFINE_string("export_dir", None, "Base folder; the model goes to export_dir/<version>/ as TF Serving expects.")
+    flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).")
+    flags.DEFINE_string("model_name", "normalized_faces", "Model name used in the warm-up requests (TF Serving's --model_name).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
 
 
 def main(argv):
@@ -162,4 +165,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

