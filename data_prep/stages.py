@@ -94,15 +94,12 @@ class ProcessPhoto(beam.DoFn):
         self._seen = 0
 
     def setup(self):
-        # Heavy resources once per worker. The detector is loaded on first need: manifest runs
-        # with landmarks never pay for it.
-        self._detector = None
+        # Heavy resources once per worker: dlib's detector and 68-point model (~1 s, ~100 MB).
+        from normalized_faces.detection import FaceDetector
+
+        self._detector = FaceDetector(self.config.detector, self.config.upsample)
 
     def _detect(self, image):
-        if self._detector is None:
-            from normalized_faces.detection import FaceDetector
-
-            self._detector = FaceDetector(self.config.detector, self.config.upsample)
         return self._detector(image)
 
     def process(self, photo):
