@@ -66,6 +66,7 @@ flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.")
 flags.DEFINE_integer("preview_count", 8, "Averages and morphs shown in preview.png.")
 flags.mark_flags_as_required(["input", "output_dir"])
 
+
 def config_from_flags() -> stages.PrepConfig:
     return stages.PrepConfig(
         size=FLAGS.size,
