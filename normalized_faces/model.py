@@ -247,11 +247,11 @@ class NormalizedFaceModel(keras.Model):
             "landmarks": landmarks,
             "texture": texture,
             "rendered": self.render(texture, landmarks),
-            "features": encoded["features"],
-            "embedding": encoded["embedding"],
+            "features": tf.cast(encoded["features"], tf.float32),
+            "embedding": tf.cast(encoded["embedding"], tf.float32),
             # The vector the encoder's published verification threshold is defined on (dlib: its
             # raw descriptor; FaceNet: the embedding).
-            "descriptor": encoded[self.encoder.threshold.output],
+            "descriptor": tf.cast(encoded[self.encoder.threshold.output], tf.float32),
         }
 
     def compute_losses(self, batch, training):
@@ -268,8 +268,9 @@ class NormalizedFaceModel(keras.Model):
             # The rendered face goes back through the frozen encoder; clipping keeps it in the
             # encoder's input range (the linear texture output can overshoot early in training).
             rendered = tf.clip_by_value(self.render(texture, landmarks), 0.0, 1.0)
+            # Losses are float32 whatever the dtype policy (mixed precision runs the encoder in half).
             similarity = tf.reduce_sum(
-                tf.stop_gradient(encoded["embedding"]) * self.encoder(rendered)["embedding"], axis=-1
+                tf.stop_gradient(tf.cast(encoded["embedding"], tf.float32)) * tf.cast(self.encoder(rendered)["embedding"], tf.float32), axis=-1
             )
             identity_loss = tf.reduce_mean(1.0 - similarity)
             total += self.identity_weight * identity_loss

@@ -301,7 +301,19 @@ def _write_config(config: TrainConfig, model_dir: pathlib.Path, is_chief: bool) 
 
 
 def train(config: TrainConfig) -> dict:
-    """Trains (or resumes) a run. Returns {"step", "status", "history"}."""
+    """Trains (or resumes) a run. Returns {"step", "status", "history"}.
+
+    The dtype policy (config.precision) is set for the run and the previous global policy is
+    restored afterwards, so library callers are not left in mixed precision.
+    """
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config: TrainConfig) -> dict:
     config.check()
     keras.utils.set_random_seed(config.seed)
     model_dir = pathlib.Path(config.model_dir)

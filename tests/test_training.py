@@ -237,6 +237,14 @@ def test_nan_loss_can_be_skipped(tmp_path, tiny_data_dir):
     assert int(model.optimizer.iterations.numpy()) == result["step"] == 20 - skipped
 
 
+def test_mixed_precision_trains_and_leaves_the_global_policy_alone(tmp_path, tiny_data_dir):
+    config = _tiny(tmp_path, tiny_data_dir, train_steps=2, checkpoint_interval=2, precision="mixed_float16")
+    result = train.train(config)
+    assert result["step"] == 2
+    assert all(np.isfinite(v[-1]) for v in result["history"].values())
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_changing_the_architecture_of_an_existing_run_is_refused(tmp_path, tiny_data_dir):
     config = _tiny(tmp_path, tiny_data_dir, train_steps=2, checkpoint_interval=2, identity_weight=0.0)
     train.train(config)
