@@ -108,12 +108,14 @@ def normalize(model, jobs, batch_size=16):
     return results
 
 
-def run(model_path, output_dir, photos, manifest=None, adjust_colors=False, save_aligned=False, detector="hog", batch_size=16, report=print) -> int:
-    """The command, as a function. Returns the exit code."""
+def run(
+    model_path, output_dir, photos, manifest=None, adjust_colors=False, save_aligned=False, detector="hog", batch_size=16, report=print, items=()
+) -> int:
+    """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize
 
     output_dir = pathlib.Path(output_dir)
-    items = [(p, None) for p in photos]
+    items = [(p, None) for p in photos] + list(items)
     if manifest:
         from data_prep.inputs import read_manifest
 

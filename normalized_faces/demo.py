@@ -73,7 +73,7 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     """Runs steps 1-6; returns the paths it wrote."""
     from data_prep import job, stages, synthetic
     from export import saved_model
-    from normalized_faces import evaluate, train
+    from normalized_faces import cli, evaluate, train
 
     output_dir = pathlib.Path(output_dir)
     started = time.time()
@@ -112,7 +112,7 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     paths["SavedModel"] = exported
     step(f"5/6 normalize-face on {held_back_note}")
     normalized_dir = output_dir / "normalized"
-    _normalize_items(exported, normalized_dir, held_back)
+    cli.run(str(exported), str(normalized_dir), [], adjust_colors=True, items=[(path, points) for path, _, points in held_back])
     paths["normalized faces"] = normalized_dir / "grid.png"
     step("6/6 evaluation: is the normalized face still the same person?")
     evaluate.evaluate(str(exported), held_back, output_dir / "evaluation")
@@ -121,23 +121,6 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     paths["warp demo"] = run_warp_demo(output_dir, seed, FLAGS.flow_stride if FLAGS.is_parsed() else 1)
     step("done")
     return paths
-
-
-def _normalize_items(model_path, output_dir, items):
-    """normalize-face over (path, identity, landmarks) items, with the photo adjustment."""
-    from normalized_faces import adjust, cli, inference, visualize
-
-    model = inference.load_model(model_path)
-    jobs, _ = cli.collect_faces([(p, l) for p, _, l in items])
-    results = cli.normalize(model, jobs)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows, labels = [], []
-    for job, name, result in zip(jobs, cli.output_names(jobs), results):
-        visualize.write_png(output_dir / f"{name}.png", result["normalized_face"])
-        adjusted = adjust.adjust_photo(job.aligned.image, job.aligned.image, result["normalized_face"])
-        rows.append([job.aligned.image, result["normalized_face"], adjusted])
-        labels.append(name)
-    visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=["input (aligned)", "normalized", "colour-adjusted input"]))
 
 
 def main(argv):
