@@ -16,6 +16,7 @@ Writes EXPORTS/N/ (TF Serving's versioned layout; N defaults to the next free ve
                                                applies to (dlib: raw descriptor; FaceNet: embedding)
   assets.extra/tf_serving_warmup_requests  TF Serving warm-up: one PredictRequest per signature
   assets.extra/normalized_faces.json       encoder, threshold, mean landmarks, source checkpoint
+  assets.extra/mean_face.png               the training data's mean face (evaluation's baseline)
 
 The export is atomic: it is written to a hidden folder beside the target and renamed into place,
 so a failed export leaves no half-written version for TF Serving to pick up.
@@ -35,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from normalized_faces import inference  # noqa: E402
+from normalized_faces.train import MEAN_FACE_FILE  # noqa: E402
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG"
@@ -129,11 +131,15 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
             "model_dir": str(pathlib.Path(model_dir).resolve()),
             "checkpoint": tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints")),
             "encoder": type(model.encoder).__name__,
+            "encoder_name": model.encoder.encoder_name,
             "image_size": model.image_size,
             "mean_landmarks": model.mean_landmarks.tolist(),
             "threshold": {"value": threshold.value, "output": threshold.output, "distance": threshold.distance, "source": threshold.source},
         }
         (staging / inference.EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
+        mean_face = pathlib.Path(model_dir) / MEAN_FACE_FILE
+        if mean_face.exists():  # evaluation's baseline travels with the model
+            shutil.copyfile(mean_face, staging / inference.EXPORT_MEAN_FACE)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)  # atomic on one filesystem: TF Serving sees all of it or nothing

@@ -154,6 +154,24 @@ def mean_landmarks(data_dir) -> np.ndarray:
     return np.asarray(load_metadata(data_dir)["mean_landmarks"], np.float32)
 
 
+def mean_face(data_dir, split="train", limit=2000, image_size=None) -> np.ndarray:
+    """The dataset's mean face: [S, S, 3] uint8, the mean of up to `limit` textures of a split.
+
+    Textures are registered to the mean landmarks, so their pixel mean is the average face in the
+    average shape: what a model that ignores identity would output. Evaluation's baseline.
+    """
+    total, count = None, 0
+    for record in make_dataset(data_dir, split, batch_size=64, image_size=image_size, keys=("texture",)):
+        textures = record["texture"].numpy().astype(np.float64)[: limit - count]
+        total = textures.sum(0) if total is None else total + textures.sum(0)
+        count += len(textures)
+        if count >= limit:
+            break
+    if not count:
+        raise ValueError(f"no {split} records in {data_dir} to average")
+    return np.clip(np.round(total / count * 255.0), 0, 255).astype(np.uint8)
+
+
 def make_dataset(
     data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None, with_parents=False, keys=None
 ):

@@ -16,8 +16,22 @@ import numpy as np
 import tensorflow as tf
 
 from normalized_faces.model import NormalizedFaceModel
-from normalized_faces.train import MODEL_CONFIG_FILE
+from normalized_faces.train import MEAN_FACE_FILE, MODEL_CONFIG_FILE
+
 EXPORT_METADATA = "assets.extra/normalized_faces.json"
+EXPORT_MEAN_FACE = "assets.extra/" + MEAN_FACE_FILE
+
+
+def _read_png(path: pathlib.Path):
+    """An RGB uint8 image, or None if the file is absent."""
+    if not path.exists():
+        return None
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path} is not a readable PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def restore_training_model(model_dir) -> NormalizedFaceModel:
@@ -61,7 +75,13 @@ def latest_version(export_dir) -> pathlib.Path:
 
 
 class LoadedModel:
-    """A uniform callable over a training run or an exported SavedModel."""
+    """A uniform callable over a training run or an exported SavedModel.
+
+    Attributes: kind ("checkpoint" | "saved_model"), source, image_size, threshold (the training
+    encoder's VerificationThreshold), encoder_name (get_encoder's name of the training encoder),
+    mean_face ([S, S, 3] uint8 mean of the training textures, or None for runs made before it was
+    kept), metadata (export metadata).
+    """
 
     def __init__(self, path):
         path = pathlib.Path(path)
@@ -71,6 +91,8 @@ class LoadedModel:
             self.keras_model = restore_training_model(path)
             self.image_size = self.keras_model.image_size
             self.threshold = self.keras_model.encoder.threshold
+            self.encoder_name = self.keras_model.encoder.encoder_name
+            self.mean_face = _read_png(path / MEAN_FACE_FILE)
             self._call = lambda images: model_outputs(self.keras_model, images)
             self.source = str(path)
         else:
@@ -84,6 +106,10 @@ class LoadedModel:
             from normalized_faces.encoders.base import VerificationThreshold
 
             self.threshold = VerificationThreshold(**self.metadata["threshold"]) if "threshold" in self.metadata else None
+            self.encoder_name = self.metadata.get("encoder_name") or {"FacenetEncoder": "facenet", "DlibResNetEncoder": "dlib_resnet"}.get(
+                self.metadata.get("encoder", ""), None
+            )
+            self.mean_face = _read_png(version / EXPORT_MEAN_FACE)
             self._call = lambda images: signature(images=images)
             self.source = str(version)
 

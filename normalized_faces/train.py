@@ -26,6 +26,9 @@ from normalized_faces.model import NormalizedFaceModel
 log = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 MODEL_CONFIG_FILE = "model_config.json"
+# The training data's mean face, kept with the run: evaluation's baseline (a model that ignores
+# identity outputs about this face), exported beside the SavedModel.
+MEAN_FACE_FILE = "mean_face.png"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -328,6 +331,8 @@ def _train(config: TrainConfig) -> dict:
         model = build_model(config, metadata["mean_landmarks"], image_size)
     if chief:  # what export and normalize-face rebuild the model from (with a checkpoint)
         (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(model.get_config(), indent=2))
+        if not (model_dir / MEAN_FACE_FILE).exists():
+            visualize.write_png(model_dir / MEAN_FACE_FILE, data.mean_face(config.data_dir, image_size=image_size))
     checkpoints = _Checkpoints(model, str(model_dir / "checkpoints"), config.keep_checkpoints, strategy)
     restored = checkpoints.restore()
     step = int(model.optimizer.iterations.numpy())

@@ -83,14 +83,64 @@ def test_photo_adjustment_removes_a_colour_cast(rng):
 def test_evaluation_writes_histogram_and_report(exported, synthetic_photos, tmp_path):
     _, manifest = synthetic_photos
     lines = []
-    summary = evaluate.evaluate(str(exported.parent), evaluate.items_from(manifest=manifest), tmp_path, report=lines.append)
+    summary = evaluate.evaluate(str(exported.parent), evaluate.items_from(manifest=manifest), tmp_path, judges=["dlib_resnet"], report=lines.append)
     print("\n".join(lines))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["evaluated"] == 6 and len(report["per_photo"]) == 6
-    assert 0.0 <= report["share_under_threshold"] <= 1.0
-    assert report["threshold"]["value"] == 0.6 and report["threshold"]["output"] == "descriptor"
-    assert report["consistency"]["mean_pairwise_distance_photos"] is not None
-    assert all(np.isfinite(p["distance"]) for p in report["per_photo"])
+    assert report["trained_with"] == "dlib_resnet" and report["lead_judge"] == "dlib_resnet"
+    figures = report["judges"]["dlib_resnet"]
+    assert figures["threshold"]["value"] == 0.6 and figures["threshold"]["output"] == "descriptor"
+    assert figures["trained_with_this_judge"] is True
+    for key in ("genuine", "impostor", "rank1", "rank5"):
+        assert 0.0 <= figures["normalized"][key] <= 1.0
+        assert 0.0 <= figures["mean_face_baseline"][key] <= 1.0  # the tiny run kept its mean face
+    assert figures["people"] == 3 and figures["probes"] == 3 and figures["chance"]["rank1"] == pytest.approx(1 / 3)
+    assert figures["consistency"]["mean_pairwise_distance_photos"] is not None
+    assert all(np.isfinite(p["dlib_resnet_distance"]) for p in report["per_photo"])
     histogram = cv2.imread(str(tmp_path / "distance_histogram.png"))
     assert histogram is not None and histogram.shape[1] > 400
-    assert summary["share_under_threshold"] == report["share_under_threshold"]
+    assert summary["judges"]["dlib_resnet"]["normalized"] == figures["normalized"]
+    assert lines[1].startswith("judged by dlib_resnet") and "identification rank-1" in lines[2]
+
+
+def test_default_judges_lead_with_one_the_model_was_not_trained_with():
+    assert evaluate.default_judges("facenet") == ["dlib_resnet", "facenet"]
+    assert evaluate.default_judges("dlib_resnet") == ["facenet", "dlib_resnet"]
+
+
+def _people_vectors(rng, people=20, photos_each=4, dim=16, spread=0.3):
+    """Unit vectors: each person a random centre, each photo the centre plus noise."""
+    centres = rng.normal(size=[people, dim])
+    vectors, labels = [], []
+    for p in range(people):
+        for _ in range(photos_each):
+            v = centres[p] + spread * rng.normal(size=dim)
+            vectors.append(v / np.linalg.norm(v))
+            labels.append(f"person{p}")
+    labels = np.array(labels)
+    gallery = np.zeros(len(labels), bool)
+    gallery[::photos_each] = True
+    return np.array(vectors), labels, gallery
+
+
+def test_a_mean_face_cannot_pass_the_evaluation(rng):
+    """The figures separate an identity-keeping normalizer from one that outputs the same face for all."""
+    from normalized_faces.encoders.base import VerificationThreshold
+
+    photos, people, gallery = _people_vectors(rng)
+    threshold = VerificationThreshold(1.0, "embedding", "squared_euclidean", "test")
+    mean = photos.mean(0) / np.linalg.norm(photos.mean(0))
+    keeps = photos + 0.1 * rng.normal(size=photos.shape)
+    keeps /= np.linalg.norm(keeps, axis=1, keepdims=True)
+    good = evaluate.judge_figures("test", threshold, photos, keeps, people, gallery, mean)
+    constant = evaluate.judge_figures("test", threshold, photos, np.repeat(mean[None], len(people), 0), people, gallery, mean)
+    print(good["normalized"], good["mean_face_baseline"], good["photos_ceiling"])
+    assert good["normalized"]["rank1"] > 0.9 and good["normalized"]["impostor"] < 0.1
+    assert good["photos_ceiling"]["rank1"] > 0.9
+    # The mean face in place of every output is exactly the baseline, and it identifies one person
+    # at best: rank-1 <= 1 / people (20 people, 3 probes each).
+    assert constant["normalized"]["rank1"] == good["mean_face_baseline"]["rank1"] <= 1 / 20
+    assert constant["normalized"]["genuine"] == good["mean_face_baseline"]["genuine"]
+    assert good["normalized"]["rank1"] - good["mean_face_baseline"]["rank1"] > 0.8
+    # Ties count against the probe: a probe equidistant from every gallery entry ranks nobody first.
+    assert evaluate.rank_accuracy(np.zeros([2, 3]), ["a", "b"], np.eye(3)[:2], ["a", "b"], threshold)["rank1"] == 0.0
