@@ -15,11 +15,21 @@ forward+backward (gradients w.r.t. image and both point sets) for:
 each as a tf.function (graph) and with jit_compile=True (XLA). Then the coarse modes' flow and
 image errors against exact, and the float32 error of ours and of the reference-style algorithm
 against a float64 solution.
+
+With --reference_python=PYTHON (an interpreter with TF 2.15 + tensorflow-addons 0.23, see
+benchmarks/tfa_reference_worker.py), the real reference is timed side by side: the same inputs
+are handed to a worker process running tfa.image.sparse_image_warp, and ours and tfa's are timed in
+alternating blocks (--rounds of --runs calls each, graph mode, forward and forward + backward with
+gradients w.r.t. image and destination points), so both see the same machine load. Prints the
+medians and the ratios, and checks that both warps return the same image.
+
+    python benchmarks/warp_bench.py --reference_python=/tmp/tfa/bin/python --batch_sizes=16
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,6 +46,9 @@ flags.DEFINE_integer("runs", 10, "Timed runs per figure (the median is printed).
 flags.DEFINE_list("strides", ["2", "4"], "flow_stride values for the coarse mode.")
 flags.DEFINE_integer("size", 224, "Image height and width.")
 flags.DEFINE_integer("num_boundary_points", 4, "Border points per edge count n (4n points).")
+flags.DEFINE_string("reference_python", None, "Interpreter with TF 2.15 + tensorflow-addons 0.23: time the real reference side by side.")
+flags.DEFINE_integer("rounds", 5, "With --reference_python: alternating rounds (ours, tfa) per figure.")
+flags.DEFINE_list("reference_variants", ["exact", "coarse/2", "coarse/4"], "With --reference_python: our variants to compare.")
 
 
 def reference_style_warp(image, source, dest, num_boundary_points):
@@ -111,8 +124,75 @@ def _problem(batch, size, seed=0):
     return image, source, dest
 
 
+def _gradients_image_dest(warp_fn):
+    """Forward + backward as the training step needs it: gradients w.r.t. image and dest points."""
+
+    def run(image, source, dest):
+        with tf.GradientTape() as tape:
+            tape.watch([image, dest])
+            warped, _ = warp_fn(image, source, dest)
+            loss = tf.reduce_sum(tf.square(warped))
+        return tape.gradient(loss, [image, dest])
+
+    return run
+
+
+def compare_with_reference(reference_python, batch, runs, rounds, n, variant_names):
+    """Ours and tfa's sparse_image_warp timed in alternating blocks on the same inputs."""
+    import subprocess
+    import tempfile
+
+    worker = pathlib.Path(__file__).with_name("tfa_reference_worker.py")
+    image, source, dest = _problem(batch, FLAGS.size)
+    with tempfile.TemporaryDirectory() as folder:
+        problem = pathlib.Path(folder) / "problem.npz"
+        np.savez(problem, image=image, source=source, dest=dest, num_boundary_points=n)
+        process = subprocess.Popen(
+            [reference_python, str(worker), str(problem)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+        def ask(command):
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+            return process.stdout.readline().strip()
+
+        ready = process.stdout.readline().strip()
+        if not ready.startswith("ready"):
+            raise RuntimeError(f"the reference worker did not start under {reference_python}: {ready!r}")
+        print(f"\nside by side with the real reference ({ready[6:]}, in {reference_python}), batch {batch}, "
+              f"{FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1, graph mode;")
+        print(f"{rounds} alternating rounds of {runs} calls; median ms of the round medians")
+        args = [tf.constant(x) for x in (image, source, dest)]
+        reference_sum = float(ask("check"))
+        ours = {}
+        for name in variant_names:
+            stride = 1 if name == "exact" else int(name.split("/")[1])
+            fn = lambda i, s, d, stride=stride: warp.sparse_image_warp(i, s, d, num_boundary_points=n, flow_stride=stride)  # noqa: E731
+            ours[name] = {"fwd": tf.function(lambda i, s, d, fn=fn: fn(i, s, d)[0]), "fwb": tf.function(_gradients_image_dest(fn))}
+            if name == "exact":
+                relative = abs(float(tf.reduce_sum(ours[name]["fwd"](*args))) - reference_sum) / abs(reference_sum)
+                print(f"same image: sum of ours {float(tf.reduce_sum(ours[name]['fwd'](*args))):.3f} vs tfa {reference_sum:.3f} (relative {relative:.1e})")
+        print(f"{'variant':<12} {'fwd ms':>8} {'tfa fwd':>8} {'ratio':>7}   {'f+b ms':>8} {'tfa f+b':>8} {'ratio':>7}")
+        for name, functions in ours.items():
+            row = []
+            for kind in ("fwd", "fwb"):
+                mine, theirs = [], []
+                for _ in range(rounds):
+                    mine.append(1000 * median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), functions[kind](*args)), runs))
+                    theirs.append(float(ask(f"{kind} {runs}")))
+                row += [float(np.median(mine)), float(np.median(theirs))]
+            print(f"{name:<12} {row[0]:>8.1f} {row[1]:>8.1f} {row[1] / row[0]:>6.1f}x   {row[2]:>8.1f} {row[3]:>8.1f} {row[3] / row[2]:>6.1f}x", flush=True)
+        ask("quit")
+        process.wait(timeout=60)
+
+
 def main(argv):
     del argv
+    if FLAGS.reference_python:
+        for batch in [int(b) for b in FLAGS.batch_sizes]:
+            compare_with_reference(FLAGS.reference_python, batch, FLAGS.runs, FLAGS.rounds, FLAGS.num_boundary_points, FLAGS.reference_variants)
+        return
     strides = [int(s) for s in FLAGS.strides]
     n = FLAGS.num_boundary_points
     variants = {"reference-style": lambda i, s, d: reference_style_warp(i, s, d, n)}

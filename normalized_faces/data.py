@@ -118,6 +118,18 @@ def parse_record(serialized, image_size=224):
     }
 
 
+def image_fingerprint(png):
+    """A 64-bit fingerprint (int64 scalar) of a record's image bytes: what ties a cached encoder output to its record."""
+    return tf.bitcast(tf.reshape(tf.fingerprint(tf.reshape(png, [1])), [8]), tf.int64)
+
+
+def parse_image_and_fingerprint(serialized, image_size=224):
+    """(image [S, S, 3] float32 in [0, 1], fingerprint of its bytes) of one serialized record."""
+    png = tf.io.parse_single_example(serialized, {"image": FEATURE_SPEC["image"]})["image"]
+    image = tf.ensure_shape(tf.io.decode_png(png, channels=3), [image_size, image_size, 3])
+    return tf.image.convert_image_dtype(image, tf.float32), image_fingerprint(png)
+
+
 def decode_record(serialized: bytes) -> FaceRecord:
     """A serialized example -> FaceRecord (numpy; for tools and tests)."""
     parsed = parse_record(serialized, image_size=tf.io.parse_single_example(serialized, FEATURE_SPEC)["size"])
@@ -173,31 +185,61 @@ def mean_face(data_dir, split="train", limit=2000, image_size=None) -> np.ndarra
 
 
 def make_dataset(
-    data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None, with_parents=False, keys=None
+    data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None, with_parents=False, keys=None,
+    encoder_cache=None,
 ):
     """tf.data pipeline over a split's records: dicts as `parse_record` returns, optionally batched.
 
     Shards are interleaved so several files are read at once; with shuffle_buffer > 0 records are
     shuffled (files and records) with `seed`. `parents` (variable length) is left out unless
     with_parents, and then only unbatched. `keys` keeps only those fields (e.g. TRAINING_KEYS).
+    `encoder_cache` (a folder from encoder_cache.build) adds each record's cached encoder outputs,
+    "features" [F] and "embedding" [E], read in lockstep with the records; a record whose image
+    fingerprint differs from its cached one stops the pipeline with an error naming the cache.
     """
     if with_parents and batch_size:
         raise ValueError("parents have variable length: with_parents needs batch_size=None")
     files = record_files(data_dir, split)
     if image_size is None:
         image_size = int(load_metadata(data_dir).get("image_size", 224))
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if encoder_cache is None:
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        read = tf.data.TFRecordDataset
+    else:
+        from normalized_faces import encoder_cache as caches
+
+        cache_spec = caches.cached_outputs_spec(encoder_cache)
+        cached = [str(pathlib.Path(encoder_cache) / pathlib.Path(f).name) for f in files]
+        missing = [c for c in cached if not pathlib.Path(c).exists()]
+        if missing:
+            raise FileNotFoundError(f"encoder cache {encoder_cache} lacks {missing[0]}: it was built for other records; delete it to rebuild")
+        dataset = tf.data.Dataset.from_tensor_slices((files, cached))
+
+        def read(record_file, cache_file):
+            return tf.data.Dataset.zip((tf.data.TFRecordDataset(record_file), tf.data.TFRecordDataset(cache_file)))
+
     if shuffle_buffer:
         dataset = dataset.shuffle(len(files), seed=seed)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.interleave(read, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    def parse(serialized):
+
+    def parse(serialized, cached=None):
         record = parse_record(serialized, image_size)
         if not with_parents:
             del record["parents"]
+        if cached is not None:
+            outputs = tf.io.parse_single_example(cached, cache_spec)
+            png = tf.io.parse_single_example(serialized, {"image": FEATURE_SPEC["image"]})["image"]
+            check = tf.debugging.assert_equal(
+                image_fingerprint(png), outputs["fingerprint"],
+                message=f"encoder cache {encoder_cache} does not match these records (stale: made for another data prep run); delete it to rebuild",
+            )
+            with tf.control_dependencies([check]):
+                record["features"] = tf.identity(outputs["features"])
+                record["embedding"] = tf.identity(outputs["embedding"])
         return {k: record[k] for k in keys} if keys else record
 
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -255,9 +255,14 @@ class NormalizedFaceModel(keras.Model):
         }
 
     def compute_losses(self, batch, training):
-        """Per-replica mean losses for a batch dict (image, texture, landmarks) from data.make_dataset."""
-        images = batch["image"]
-        encoded = self.encoder(images)
+        """Per-replica mean losses for a batch dict from data.make_dataset: image, texture, landmarks,
+        and optionally the image's cached encoder outputs (features, embedding)."""
+        if "features" in batch:
+            # The input photos' encoder outputs, read from the encoder cache (encoder_cache.py): the
+            # frozen encoder gives the same values at every step, so they are computed once.
+            encoded = {"features": batch["features"], "embedding": batch["embedding"]}
+        else:
+            encoded = self.encoder(batch["image"])
         landmarks, texture = self.decode(encoded["features"])
         size = float(self.image_size)
         landmark_loss = tf.reduce_mean(tf.square((landmarks - batch["landmarks"]) / size))

@@ -63,6 +63,9 @@ class TrainConfig:
     validation_steps: int = 10
     keep_checkpoints: int = 3
     nonfinite: str = "stop"  # or "skip"
+    # Read the input photos' encoder outputs from DATA/encoder_cache (built on first use) instead
+    # of running the frozen encoder on them every step. Same values, less compute (train_bench).
+    encoder_cache: bool = True
 
     def check(self):
         if self.strategy not in STRATEGIES:
@@ -342,13 +345,19 @@ def _train(config: TrainConfig) -> dict:
         print(f"nothing to do: {model_dir} is already trained to step {step} (train_steps={config.train_steps})", flush=True)
         return {"step": step, "status": "already_done", "history": {}}
 
+    keys, cache = data.TRAINING_KEYS, None
+    if config.encoder_cache:
+        from normalized_faces import encoder_cache
+
+        cache = encoder_cache.build(config.data_dir, model.encoder, report=lambda line: print(line, flush=True))
+        keys = keys + ("features", "embedding")
     train_data = data.make_dataset(
         config.data_dir, "train", batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, repeat=True, seed=config.seed + step, image_size=image_size,
-        keys=data.TRAINING_KEYS,
+        keys=keys, encoder_cache=cache,
     )
     try:
         validation = data.make_dataset(
-            config.data_dir, "validation", batch_size=config.batch_size, repeat=True, image_size=image_size, keys=data.TRAINING_KEYS
+            config.data_dir, "validation", batch_size=config.batch_size, repeat=True, image_size=image_size, keys=keys, encoder_cache=cache
         )
         sample_batch = next(iter(data.make_dataset(config.data_dir, "validation", batch_size=4, image_size=image_size)))
     except (FileNotFoundError, StopIteration):

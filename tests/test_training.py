@@ -306,3 +306,52 @@ def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
     assert len(restored.weights) == len(model.weights)
     for a, b in zip(model.weights, restored.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+# --- The encoder cache -----------------------------------------------------------------------------
+
+
+def test_encoder_cache_holds_the_encoders_outputs_and_training_losses_are_unchanged(tmp_path, tiny_data_dir):
+    from normalized_faces import encoder_cache
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data_dir, ignore=shutil.ignore_patterns(encoder_cache.CACHE_FOLDER))
+    config = _tiny(tmp_path, str(data_dir))
+    model = _model(config, str(data_dir))
+    lines = []
+    folder = encoder_cache.build(str(data_dir), model.encoder, report=lines.append)
+    manifest = encoder_cache.load_manifest(folder)
+    assert manifest["feature_dim"] == 256 and manifest["embedding_dim"] == 128 and len(lines) == len(manifest["shards"])
+    assert sum(manifest["shards"].values()) == sum(1 for split in data.SPLITS for f in data.record_files(str(data_dir), split) for _ in tf.data.TFRecordDataset(f))
+    # Built once: a second call reuses it; another encoder configuration gets another folder.
+    assert encoder_cache.build(str(data_dir), model.encoder, report=lines.append) == folder and len(lines) == len(manifest["shards"])
+    from normalized_faces.encoders import get_encoder
+
+    assert encoder_cache.cache_dir(str(data_dir), get_encoder("dlib_resnet", aligned_size=200)) != folder
+    keys = data.TRAINING_KEYS + ("features", "embedding")
+    batch = next(iter(data.make_dataset(str(data_dir), "train", batch_size=6, keys=keys, encoder_cache=folder)))
+    fresh = model.encoder(batch["image"])
+    np.testing.assert_allclose(batch["features"].numpy(), fresh["features"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(batch["embedding"].numpy(), fresh["embedding"].numpy(), atol=1e-6)
+    cached_losses = model.compute_losses(batch, training=False)
+    plain_losses = model.compute_losses({k: batch[k] for k in data.TRAINING_KEYS}, training=False)
+    for name in ("loss", "landmark_loss", "texture_loss", "identity_loss"):
+        np.testing.assert_allclose(cached_losses[name].numpy(), plain_losses[name].numpy(), rtol=1e-5, err_msg=name)
+
+
+def test_a_stale_encoder_cache_fails_loudly(tmp_path, tiny_data_dir):
+    from normalized_faces import encoder_cache
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data_dir, ignore=shutil.ignore_patterns(encoder_cache.CACHE_FOLDER))
+    model = _model(_tiny(tmp_path, str(data_dir)), str(data_dir))
+    folder = encoder_cache.build(str(data_dir), model.encoder, report=lambda line: None)
+    # Records rewritten in another order (as a new data prep run would): the cache no longer lines up.
+    shard = data.record_files(str(data_dir), "train")[0]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    with tf.io.TFRecordWriter(shard) as writer:
+        for record in reversed(records):
+            writer.write(record)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not match these records"):
+        for _ in data.make_dataset(str(data_dir), "train", batch_size=4, encoder_cache=folder):
+            pass

@@ -148,6 +148,10 @@ class FaceEncoder(keras.layers.Layer):
         self.check_range = bool(check_range)
         self._aligned_chip_matrix = None
 
+    def weights_file(self) -> str:
+        """The file the pretrained weights were read from (what a cache of outputs is keyed to)."""
+        raise NotImplementedError
+
     def chip_to_frame(self, reference_landmarks) -> np.ndarray:
         """[2, 3] matrix: frame (x, y) = M @ [chip x, chip y, 1] for a face with these landmarks."""
         raise NotImplementedError

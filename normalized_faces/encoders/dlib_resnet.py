@@ -272,6 +272,9 @@ class DlibResNetEncoder(FaceEncoder):
         self.weights_path = None if weights_path is None else str(weights_path)
         self.network = build_dlib_resnet(self.weights_path)
 
+    def weights_file(self) -> str:
+        return str(self.weights_path or default_weights_path())
+
     def chip_to_frame(self, reference_landmarks):
         # dlib.get_face_chip(image, shape, 150, 0.25): what compute_face_descriptor feeds the net.
         return dlib_chip_to_frame(reference_landmarks)

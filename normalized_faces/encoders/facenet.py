@@ -56,7 +56,7 @@ FEATURE_DIM = 1792
 # Sandberg's 32-px LFW margin (the framing the model was evaluated with) over LFW photos of people
 # outside the test split, in units of the landmark box (`benchmarks/facenet_lfw.py --measure_framing`).
 # The same script compares this path with real MTCNN crops on LFW pairs (README, "Face encoders").
-FRAMING = (0.0, 0.0, 1.25, 1.25)
+FRAMING = (-0.010, -0.184, 1.246, 1.567)  # from 4,680 photos; spread (std) 0.036, 0.036, 0.056, 0.087
 
 
 class FacenetWeightsNotFound(FileNotFoundError):
@@ -307,6 +307,10 @@ class FacenetEncoder(FaceEncoder):
         self.threshold = VerificationThreshold(info.threshold[0], "embedding", "squared_euclidean", info.threshold[1])
         self.network = build_facenet(key, self.weights_path, cache_folder)
         self.embedding_dim = info.dimensions
+
+    def weights_file(self) -> str:
+        kind, path = resolve_weights(self.key, self.weights_path, self.cache_folder)
+        return path + ".index" if kind == "checkpoint" else path
 
     def chip_to_frame(self, reference_landmarks):
         return facenet_chip_to_frame(reference_landmarks, self.framing)
