@@ -58,11 +58,17 @@ flags.DEFINE_bool(
     "instead of at every step. Same values; see the README's training figures for the time saved. --noencoder_cache: always run it.",
 )
 
+flags.DEFINE_enum(
+    "identity_render", _d.identity_render, ["chip", "frame"],
+    "How the identity loss renders the face it encodes. chip: only the encoder's chip, sampled straight from the texture "
+    "(one interpolation; faster, see the README's training figures). frame: the whole face, then re-framed (the earlier path).",
+)
+
 _FLAG_TO_FIELD = (
     "data_dir", "model_dir", "encoder", "encoder_weights", "batch_size", "train_steps", "learning_rate", "landmark_weight",
     "texture_weight", "identity_weight", "feature_dim", "texture_decoder", "texture_base_channels", "texture_min_channels",
     "texture_fc_size", "flow_stride", "strategy", "tpu", "precision", "jit_compile", "seed", "checkpoint_interval",
-    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache",
+    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render",
 )
 
 

@@ -1,15 +1,27 @@
-"""Where a training step's time goes, on this CPU.
+"""Training throughput on this CPU: where a step's time goes, and each speed lever side by side.
 
-    python benchmarks/train_bench.py [--batch_size=8] [--runs=5] [--config=tiny|paper] [--encoder=dlib_resnet]
+    python benchmarks/train_bench.py [--configs=tiny,paper] [--batch_size=8] [--runs=5] [--levers=...]
 
-Times (median of --runs, ms per batch, tf.function graph mode):
-  encoder forward (input)          the frozen encoder on the photos
-  decoders forward + backward      head, landmark MLP, texture CNN with their gradients
-  warp forward + backward          rendering the texture at the predicted landmarks
-  encoder forward + backward       the identity loss's pass of the rendered face, with its input gradient
-  full train step                  all of it plus the optimizer update
-and the ratio of the full step to the encoder-only forward. --config=paper uses the paper's
-decoder (256 channels at 14 x 14, feature_dim 1024); tiny uses the tiny config's.
+For each config (tiny: the tiny decoder with dlib's encoder; paper: the paper's decoder, 256
+channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on the same inputs:
+
+  breakdown (today's path)   encoder forward on the photos, decoders forward + backward, warp
+                             forward + backward, encoder forward + backward on the rendered face,
+                             the full train step;
+  levers                     the full train step (ms, examples/s, speed-up over "before") for:
+    before                   float32, the encoder run on the photos every step, the identity loss
+                             rendering the whole face and re-framing it (--identity_render=frame)
+    cache                    the photos' encoder outputs read from the encoder cache (default)
+    cache+chip               ... and the identity loss rendering only the encoder's chip (default)
+    cache+chip+bf16          ... and --precision=mixed_bfloat16 (this CPU has AVX512_BF16/AMX)
+    cache+chip+stride2       ... and --flow_stride=2 (coarse flow in the warp)
+    cache+chip+xla           ... and --jit_compile (XLA for the whole step)
+    cache+chip+bf16+stride2  the combination
+  --identity_weight=0 (the paper's ablation) is shown as "before" and "cache" too: without the
+  identity loss the cached step runs no encoder and no warp at all.
+
+Steps are timed through Keras's own train function (model.make_train_function), median of --runs
+calls after a warm-up; inputs are random, so the figures are about time, not learning.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -28,24 +41,60 @@ from timing import median_seconds  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("runs", 5, "Timed runs (median printed).")
-flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Decoder sizes: the tiny config's or the paper's.")
-flags.DEFINE_enum("encoder", "dlib_resnet", ["dlib_resnet", "facenet"], "Encoder (facenet needs its weights).")
+flags.DEFINE_list("configs", ["tiny", "paper"], "Which configs to time (tiny, paper).")
+flags.DEFINE_list(
+    "levers", ["before", "cache", "cache+chip", "cache+chip+bf16", "cache+chip+stride2", "cache+chip+xla", "cache+chip+bf16+stride2"],
+    "Which step variants to time.",
+)
+flags.DEFINE_bool("breakdown", True, "Also print the breakdown of today's step.")
+
+LEVERS = {
+    "before": dict(cache=False, identity_render="frame"),
+    "cache": dict(cache=True, identity_render="frame"),
+    "cache+chip": dict(cache=True),
+    "cache+chip+bf16": dict(cache=True, precision="mixed_bfloat16"),
+    "cache+chip+stride2": dict(cache=True, flow_stride=2),
+    "cache+chip+xla": dict(cache=True, jit_compile=True),
+    "cache+chip+bf16+stride2": dict(cache=True, precision="mixed_bfloat16", flow_stride=2),
+}
 
 
-def main(argv):
-    del argv
-    overrides = dict(encoder=FLAGS.encoder)
-    if FLAGS.config == "paper":
-        overrides.update(feature_dim=1024, landmark_hidden=(512,), texture_base_channels=256, texture_min_channels=32)
-    config = train.tiny_config("/tmp/unused", **overrides)
-    mean = landmarks.template_landmarks()
-    model = train.build_model(config, mean, 224)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": tf.constant(rng.uniform(size=[FLAGS.batch_size, 224, 224, 3]).astype(np.float32)),
-        "texture": tf.constant(rng.uniform(size=[FLAGS.batch_size, 224, 224, 3]).astype(np.float32)),
-        "landmarks": tf.constant(landmarks.random_face_landmarks(rng, FLAGS.batch_size).astype(np.float32)),
+def config_for(name, **overrides):
+    settings = dict(encoder="dlib_resnet")
+    if name == "paper":
+        settings = dict(encoder="facenet", feature_dim=1024, landmark_hidden=(512,), texture_base_channels=256, texture_min_channels=32)
+    settings.update(overrides)
+    return train.tiny_config("/tmp/unused", **settings)
+
+
+def random_batch(rng, size):
+    return {
+        "image": tf.constant(rng.uniform(size=[size, 224, 224, 3]).astype(np.float32)),
+        "texture": tf.constant(rng.uniform(size=[size, 224, 224, 3]).astype(np.float32)),
+        "landmarks": tf.constant(landmarks.random_face_landmarks(rng, size).astype(np.float32)),
     }
+
+
+def step_ms(config, batch, cache) -> float:
+    """Median ms of one full train step of a model built from config (its precision set meanwhile)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        model = train.build_model(config, landmarks.template_landmarks(), 224)
+        if cache:
+            encoded = model.encoder(batch["image"])
+            batch = {**batch, "features": tf.cast(encoded["features"], tf.float32), "embedding": tf.cast(encoded["embedding"], tf.float32)}
+        iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        model.make_train_function()
+        return 1000 * median_seconds(lambda: model.train_function(iterator), FLAGS.runs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def breakdown(config, batch):
+    config = train.TrainConfig(**{**config.__dict__, "identity_render": "frame"})  # today's path
+    model = train.build_model(config, landmarks.template_landmarks(), 224)
+    rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
 
     @tf.function
@@ -59,15 +108,13 @@ def main(argv):
             loss = tf.reduce_mean(tf.abs(texture - batch["texture"])) + tf.reduce_mean(tf.square(points - batch["landmarks"]))
         return tape.gradient(loss, model.trainable_variables)
 
-    points = landmarks.random_face_landmarks(rng, FLAGS.batch_size).astype(np.float32)
     texture = tf.Variable(batch["texture"])
-    predicted = tf.Variable(points)
+    predicted = tf.Variable(landmarks.random_face_landmarks(rng, FLAGS.batch_size).astype(np.float32))
 
     @tf.function
     def warp():
         with tf.GradientTape() as tape:
-            rendered = model.render(texture, predicted)
-            loss = tf.reduce_sum(rendered)
+            loss = tf.reduce_sum(model.render(texture, predicted))
         return tape.gradient(loss, [texture, predicted])
 
     rendered = tf.Variable(batch["image"])
@@ -78,22 +125,36 @@ def main(argv):
             loss = tf.reduce_sum(model.encoder(rendered)["embedding"])
         return tape.gradient(loss, rendered)
 
-    dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    iterator = iter(dataset)
-    model.make_train_function()
-    step = model.train_function
-
-    figures = {
-        "encoder forward (input)": 1000 * median_seconds(lambda: encoder_forward().numpy(), FLAGS.runs),
+    return {
+        "encoder forward (photos)": 1000 * median_seconds(lambda: encoder_forward().numpy(), FLAGS.runs),
         "decoders forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in decoders()], FLAGS.runs),
         "warp forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in warp()], FLAGS.runs),
         "encoder forward + backward": 1000 * median_seconds(lambda: encoder_backward().numpy(), FLAGS.runs),
-        "full train step": 1000 * median_seconds(lambda: step(iterator), FLAGS.runs),
     }
-    print(f"batch {FLAGS.batch_size}, {FLAGS.config} decoder, {FLAGS.encoder} encoder, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
-    for name, ms in figures.items():
-        print(f"  {name:<30} {ms:8.1f} ms")
-    print(f"  full step / encoder forward: {figures['full train step'] / figures['encoder forward (input)']:.1f}x")
+
+
+def main(argv):
+    del argv
+    rng = np.random.default_rng(0)
+    batch = random_batch(rng, FLAGS.batch_size)
+    print(f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}; ms per step (median of {FLAGS.runs})")
+    for name in FLAGS.configs:
+        base = config_for(name)
+        print(f"\n{name} config: {base.encoder} encoder, feature_dim {base.feature_dim}, texture CNN {base.texture_base_channels} channels at 14 x 14")
+        if FLAGS.breakdown:
+            for part, ms in breakdown(base, batch).items():
+                print(f"  {part:<32} {ms:8.1f} ms")
+        print(f"  {'step variant':<32} {'ms/step':>8} {'examples/s':>11} {'vs before':>10}")
+        before = None
+        for lever in FLAGS.levers:
+            options = dict(LEVERS[lever])
+            cache = options.pop("cache")
+            ms = step_ms(config_for(name, **options), batch, cache)
+            before = before or ms
+            print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
+        for lever in ("before", "cache"):
+            ms = step_ms(config_for(name, identity_weight=0.0), batch, lever == "cache")  # no warp, so no chip lever
+            print(f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class TrainConfig:
     texture_min_channels: int = 32
     texture_fc_size: int | None = None
     flow_stride: int = 1
+    identity_render: str = "chip"  # "frame": render the full face, then re-frame it for the encoder (slower)
     strategy: str = "default"
     tpu: str | None = None
     precision: str = "float32"
@@ -161,6 +162,7 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
         texture_weight=config.texture_weight,
         identity_weight=config.identity_weight,
         flow_stride=config.flow_stride,
+        identity_render=config.identity_render,
     )
     # Loss scaling also gives every precision the same guard: a step whose gradients are not
     # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.

@@ -441,6 +441,39 @@ def _flow_grid(size, stride, dtype):
     return positions, upsample
 
 
+def _check_stride(flow_stride) -> int:
+    flow_stride = int(flow_stride)
+    if flow_stride < 1:
+        raise ValueError(f"flow_stride must be >= 1, got {flow_stride}")
+    return flow_stride
+
+
+def _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype):
+    """The spline of a sparse warp: flow dest - source fitted at dest, plus zero flow at the border.
+
+    Returns (image as a float tensor, SplineFit, result dtype, spline dtype).
+    """
+    image = _convert(image, "image", rank=4)
+    if not image.dtype.is_floating:
+        image = tf.cast(image, tf.float32)
+    result_dtype = _float_dtype(image, tf.convert_to_tensor(source_points), tf.convert_to_tensor(dest_points))
+    dtype = _spline_dtype(result_dtype, order, compute_dtype)
+    source = _convert(source_points, "source_points", dtype, rank=3)
+    dest = _convert(dest_points, "dest_points", dtype, rank=3)
+    for name, points in (("source_points", source), ("dest_points", dest)):
+        if points.shape[-1] is not None and points.shape[-1] != 2:
+            raise ValueError(f"{name} must be [B, N, 2] (x, y) points, got shape {points.shape}")
+    shape = tf.shape(image)
+    batch, height, width = shape[0], shape[1], shape[2]
+    flows = dest - source
+    border = border_points(height, width, num_boundary_points, dtype)
+    tiled_border = tf.tile(border[None], [batch, 1, 1])
+    control = tf.concat([dest, tiled_border], axis=1)
+    control_flows = tf.concat([flows, tf.zeros_like(tiled_border)], axis=1)
+    fit = fit_spline(control, control_flows, order, regularization_weight, dtype)
+    return image, fit, result_dtype, dtype
+
+
 def sparse_image_warp(
     image,
     source_points,
@@ -475,28 +508,10 @@ def sparse_image_warp(
       (warped [B, H, W, C] in image's dtype, flow [B, H, W, 2] (x, y) displacements, float64 if
       any input is float64, else float32).
     """
-    image = _convert(image, "image", rank=4)
-    if not image.dtype.is_floating:
-        image = tf.cast(image, tf.float32)
-    result_dtype = _float_dtype(image, tf.convert_to_tensor(source_points), tf.convert_to_tensor(dest_points))
-    dtype = _spline_dtype(result_dtype, order, compute_dtype)
-    source = _convert(source_points, "source_points", dtype, rank=3)
-    dest = _convert(dest_points, "dest_points", dtype, rank=3)
-    for name, points in (("source_points", source), ("dest_points", dest)):
-        if points.shape[-1] is not None and points.shape[-1] != 2:
-            raise ValueError(f"{name} must be [B, N, 2] (x, y) points, got shape {points.shape}")
-    flow_stride = int(flow_stride)
-    if flow_stride < 1:
-        raise ValueError(f"flow_stride must be >= 1, got {flow_stride}")
-
+    image, fit, result_dtype, dtype = _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype)
+    flow_stride = _check_stride(flow_stride)
     shape = tf.shape(image)
-    batch, height, width = shape[0], shape[1], shape[2]
-    flows = dest - source
-    border = border_points(height, width, num_boundary_points, dtype)
-    tiled_border = tf.tile(border[None], [batch, 1, 1])
-    control = tf.concat([dest, tiled_border], axis=1)
-    control_flows = tf.concat([flows, tf.zeros_like(tiled_border)], axis=1)
-    fit = fit_spline(control, control_flows, order, regularization_weight, dtype)
+    height, width = shape[1], shape[2]
 
     if flow_stride == 1:
         flow = evaluate_spline_on_grid(fit, _pixel_grid_coordinates(width, dtype), _pixel_grid_coordinates(height, dtype))
@@ -508,6 +523,66 @@ def sparse_image_warp(
 
     flow = tf.cast(flow, result_dtype)
     return dense_image_warp(image, flow), flow
+
+
+def sparse_image_warp_chip(
+    image,
+    source_points,
+    dest_points,
+    chip_to_image,
+    chip_size,
+    order=1,
+    regularization_weight=0.0,
+    num_boundary_points=4,
+    flow_stride=1,
+    compute_dtype=None,
+):
+    """A chip of the warped image, sampled straight from `image`: the warp and a crop in one resampling.
+
+    What `sparse_image_warp` renders at pixel p is image(p - flow(p)), defined for any point p of
+    the frame. This evaluates it at the chip's points p = chip_to_image @ [u, v, 1] (u, v = 0 ..
+    chip_size - 1) instead of at every pixel: the flow at chip_size^2 points and one bilinear
+    sampling, where rendering the whole frame and then cutting the chip out of it costs a full
+    frame's flow, a full frame's sampling and a second sampling (which also blurs the chip twice).
+    With chip_to_image = identity and chip_size = H = W it returns sparse_image_warp's image.
+
+    Args:
+      image, source_points, dest_points, order, regularization_weight, num_boundary_points,
+        compute_dtype: as `sparse_image_warp` (the border points are the frame's).
+      chip_to_image: [2, 3] affine matrix, chip (u, v) -> frame (x, y) (a Python/NumPy constant).
+      chip_size: int, the chip is chip_size x chip_size.
+      flow_stride: 1 evaluates the flow at every chip pixel; s > 1 on every s-th (in chip index
+        space) and upsamples it bilinearly, as `sparse_image_warp` does on the frame.
+
+    Returns:
+      [B, chip_size, chip_size, C] in image's dtype.
+    """
+    image, fit, result_dtype, dtype = _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype)
+    flow_stride = _check_stride(flow_stride)
+    chip_size = int(chip_size)
+    matrix = tf.constant(np.asarray(chip_to_image, np.float64), dtype)  # [2, 3]
+    batch = tf.shape(image)[0]
+
+    def frame_points(us, vs):
+        # [len(vs), len(us), 2] frame (x, y) of chip indices (u, v).
+        v, u = tf.meshgrid(vs, us, indexing="ij")
+        return tf.einsum("ij,hwj->hwi", matrix, tf.stack([u, v, tf.ones_like(u)], axis=-1))
+
+    def flow_at(points):
+        rows, cols = tf.shape(points)[0], tf.shape(points)[1]
+        queries = tf.tile(tf.reshape(points, [1, -1, 2]), [batch, 1, 1])
+        return tf.reshape(evaluate_spline(fit, queries), [batch, rows, cols, 2])
+
+    indices = tf.cast(tf.range(chip_size), dtype)
+    points = frame_points(indices, indices)
+    if flow_stride == 1:
+        flow = flow_at(points)
+    else:
+        positions, upsample = _flow_grid(chip_size, flow_stride, dtype)
+        flow = tf.einsum("hi,bijk,wj->bhwk", upsample, flow_at(frame_points(positions, positions)), upsample)
+    flow = tf.cast(flow, result_dtype)
+    points = tf.cast(points, flow.dtype)
+    return bilinear_sample(image, points[None, ..., 0] - flow[..., 0], points[None, ..., 1] - flow[..., 1])
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
@@ -584,4 +659,5 @@ __all__ = [
     "fit_spline",
     "interpolate_spline",
     "sparse_image_warp",
+    "sparse_image_warp_chip",
 ]

@@ -355,3 +355,17 @@ def test_a_stale_encoder_cache_fails_loudly(tmp_path, tiny_data_dir):
     with pytest.raises(tf.errors.InvalidArgumentError, match="does not match these records"):
         for _ in data.make_dataset(str(data_dir), "train", batch_size=4, encoder_cache=folder):
             pass
+
+
+def test_identity_loss_rendered_as_a_chip_agrees_with_rendering_the_frame(tmp_path, tiny_data_dir):
+    """The chip path (default) and the frame path (warp, then re-frame) see nearly the same face."""
+    chip_model = _model(_tiny(tmp_path, tiny_data_dir), tiny_data_dir)
+    frame_model = _model(_tiny(tmp_path, tiny_data_dir, identity_render="frame"), tiny_data_dir)
+    frame_model.set_weights(chip_model.get_weights())
+    batch = _batch(tiny_data_dir)
+    chip, frame = chip_model.compute_losses(batch, training=False), frame_model.compute_losses(batch, training=False)
+    print(f"identity loss: chip {float(chip['identity_loss']):.5f}, frame {float(frame['identity_loss']):.5f}")
+    np.testing.assert_allclose(chip["identity_loss"].numpy(), frame["identity_loss"].numpy(), atol=5e-3)
+    np.testing.assert_allclose(chip["texture_loss"].numpy(), frame["texture_loss"].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="identity_render must be one of"):
+        _model(_tiny(tmp_path, tiny_data_dir, identity_render="mesh"), tiny_data_dir)

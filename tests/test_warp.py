@@ -444,3 +444,45 @@ def test_coarse_flow_handles_sizes_not_divisible_by_the_stride(rng):
     # The coarse grid includes the last row and column, so corners are exact.
     for y, x in [(0, 0), (0, 52), (36, 0), (36, 52)]:
         np.testing.assert_allclose(coarse.numpy()[0, y, x], exact.numpy()[0, y, x], atol=1e-9)
+
+
+# --- A chip of the warped image in one resampling (the identity loss's renderer) --------------------
+
+
+@pytest.mark.parametrize("flow_stride", [1, 4])
+def test_chip_with_the_identity_framing_is_the_warped_image(rng, flow_stride):
+    image, source, dest = face_warp_problem(rng, 2)
+    full, _ = warp.sparse_image_warp(image.astype(np.float32), source.astype(np.float32), dest.astype(np.float32), flow_stride=flow_stride)
+    chip = warp.sparse_image_warp_chip(
+        image.astype(np.float32), source.astype(np.float32), dest.astype(np.float32), np.array([[1.0, 0, 0], [0, 1.0, 0]]), 224, flow_stride=flow_stride
+    )
+    # Same points, same flow, same sampling: equal up to float32 rounding of the flow.
+    np.testing.assert_allclose(chip.numpy(), full.numpy(), atol=2e-5)
+
+
+def test_chip_matches_warping_then_cutting_the_chip_out(rng):
+    """An inner 160 x 160 chip (scaled, shifted) of a smooth image: within the second interpolation's blur."""
+    from normalized_faces.encoders.base import resample_similarity
+
+    image, source, dest = face_warp_problem(rng, 2)
+    image = np.stack([cv2.GaussianBlur(i, (0, 0), 3.0) for i in image]).astype(np.float32)
+    matrix = np.array([[1.1, 0.0, 25.0], [0.0, 1.2, 10.0]])
+    full, _ = warp.sparse_image_warp(image, source.astype(np.float32), dest.astype(np.float32))
+    two_steps = resample_similarity(full, matrix, 160)
+    one_step = warp.sparse_image_warp_chip(image, source.astype(np.float32), dest.astype(np.float32), matrix, 160)
+    difference = np.abs(one_step.numpy() - two_steps.numpy())
+    print(f"one resampling vs two: mean {difference.mean():.5f}, max {difference.max():.4f}")
+    assert difference.mean() < 2e-3 and difference.max() < 3e-2
+
+
+@pytest.mark.parametrize("argument", ["image", "dest_points"])
+def test_chip_gradients_match_finite_differences(rng, argument):
+    image, source, dest = _small_problem(rng)
+    inputs = {"image": image, "source_points": source, "dest_points": dest}
+    matrix = np.array([[0.9, 0.05, 1.5], [-0.05, 0.9, 2.0]])
+
+    def chip(x):
+        return warp.sparse_image_warp_chip(**{**inputs, argument: x}, chip_to_image=matrix, chip_size=6, num_boundary_points=1)
+
+    theoretical, numerical = tf.test.compute_gradient(chip, [tf.constant(inputs[argument])], delta=1e-6)
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-5)

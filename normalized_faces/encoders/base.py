@@ -180,6 +180,18 @@ class FaceEncoder(keras.layers.Layer):
     def _run_network(self, chips):
         raise NotImplementedError
 
+    def aligned_chip_matrix(self) -> np.ndarray:
+        """[2, 3]: aligned-crop (x, y) = M @ [chip u, chip v, 1], how aligned crops are framed into chips."""
+        return self._chip_to_aligned()
+
+    def encode_chips(self, chips):
+        """The network on native chips [B, native_size, native_size, 3] float32 in [0, 1].
+
+        What `call` runs after re-framing an aligned crop; for callers that make the chips
+        themselves (the identity loss renders them straight from the texture, warp.sparse_image_warp_chip).
+        """
+        return self._run_network(chips)
+
     def to_chips(self, images):
         """Aligned crops [B, aligned_size, aligned_size, 3] -> native chips (or native chips unchanged)."""
         if self.native_input:
