@@ -289,6 +289,61 @@ def evaluate_spline_on_grid(fit: SplineFit, xs, ys):
     )
 
 
+def evaluate_spline_on_affine_grid(fit: SplineFit, chip_to_frame, us, vs):
+    """Evaluates a fitted 2-D spline at the points M @ [u, v, 1] for u in us, v in vs.
+
+    M's two columns must be orthogonal (a rotation with per-axis scales, as a face chip's framing
+    is). Then, in the frame of those axes, r^2 = du^2 + dv^2 separates as on a pixel grid
+    (`evaluate_spline_on_grid`): [B, U, N] and [B, V, N] differences instead of [B, V, U, N, 2].
+
+    Args:
+      fit: from `fit_spline` on D = 2 points (x, y).
+      chip_to_frame: [2, 3] NumPy matrix with orthogonal columns.
+      us: [U], vs: [V] chip coordinates.
+
+    Returns:
+      [B, V, U, K] values.
+    """
+    matrix = np.asarray(chip_to_frame, np.float64)
+    axis_u, axis_v, origin = matrix[:, 0], matrix[:, 1], matrix[:, 2]
+    length_u, length_v = np.linalg.norm(axis_u), np.linalg.norm(axis_v)
+    if abs(axis_u @ axis_v) > 1e-9 * length_u * length_v:
+        raise ValueError(f"chip_to_frame's columns must be orthogonal, got {matrix.tolist()}")
+    dtype = fit.centers.dtype
+    unit_u = tf.constant(axis_u / length_u, dtype)
+    unit_v = tf.constant(axis_v / length_v, dtype)
+    offset = fit.offset[:, 0, :]  # [B, 2]
+    scale = fit.scale[:, 0, :]  # [B, 1]
+    origin_n = (tf.constant(origin, dtype)[None] - offset) / scale  # [B, 2] normalized chip origin
+    us = tf.cast(us, dtype)
+    vs = tf.cast(vs, dtype)
+    # Coordinates along the two axes, normalized: of the chip points and of the centres.
+    along_u = tf.reduce_sum(origin_n * unit_u, -1, keepdims=True) + us[None] * length_u / scale  # [B, U]
+    along_v = tf.reduce_sum(origin_n * unit_v, -1, keepdims=True) + vs[None] * length_v / scale  # [B, V]
+    centres_u = tf.reduce_sum(fit.centers * unit_u, -1)  # [B, N]
+    centres_v = tf.reduce_sum(fit.centers * unit_v, -1)
+    du2 = tf.square(along_u[:, :, None] - centres_u[:, None, :])  # [B, U, N]
+    dv2 = tf.square(along_v[:, :, None] - centres_v[:, None, :])  # [B, V, N]
+    kernel = _phi(
+        dv2[:, :, None, :] + du2[:, None, :, :],
+        fit.order,
+        tf.math.log(fit.scale)[:, :, :, None],
+        (_SQUARED_DISTANCE_FLOOR / tf.square(fit.scale))[:, :, :, None],
+    )
+    values = tf.einsum("bvun,bnk->bvuk", kernel, fit.weights)
+    # The linear term at the normalized points origin_n + u a / scale + v b / scale.
+    linear = fit.linear  # rows: x, y, 1
+    at_origin = origin_n[:, 0:1] * linear[:, 0, :] + origin_n[:, 1:2] * linear[:, 1, :] + linear[:, 2, :]  # [B, K]
+    step_u = (axis_u[0] * linear[:, 0, :] + axis_u[1] * linear[:, 1, :]) / scale  # [B, K] per unit of u
+    step_v = (axis_v[0] * linear[:, 0, :] + axis_v[1] * linear[:, 1, :]) / scale
+    return (
+        values
+        + at_origin[:, None, None, :]
+        + us[None, None, :, None] * step_u[:, None, None, :]
+        + vs[None, :, None, None] * step_v[:, None, None, :]
+    )
+
+
 def interpolate_spline(
     train_points, train_values, query_points, order, regularization_weight=0.0, compute_dtype=None
 ):
@@ -549,7 +604,8 @@ def sparse_image_warp_chip(
     Args:
       image, source_points, dest_points, order, regularization_weight, num_boundary_points,
         compute_dtype: as `sparse_image_warp` (the border points are the frame's).
-      chip_to_image: [2, 3] affine matrix, chip (u, v) -> frame (x, y) (a Python/NumPy constant).
+      chip_to_image: [2, 3] affine matrix, chip (u, v) -> frame (x, y) (a Python/NumPy constant) whose
+        columns are orthogonal (a rotation with per-axis scales; every face chip framing here).
       chip_size: int, the chip is chip_size x chip_size.
       flow_stride: 1 evaluates the flow at every chip pixel; s > 1 on every s-th (in chip index
         space) and upsamples it bilinearly, as `sparse_image_warp` does on the frame.
@@ -561,25 +617,20 @@ def sparse_image_warp_chip(
     flow_stride = _check_stride(flow_stride)
     chip_size = int(chip_size)
     matrix = tf.constant(np.asarray(chip_to_image, np.float64), dtype)  # [2, 3]
-    batch = tf.shape(image)[0]
 
     def frame_points(us, vs):
         # [len(vs), len(us), 2] frame (x, y) of chip indices (u, v).
         v, u = tf.meshgrid(vs, us, indexing="ij")
         return tf.einsum("ij,hwj->hwi", matrix, tf.stack([u, v, tf.ones_like(u)], axis=-1))
 
-    def flow_at(points):
-        rows, cols = tf.shape(points)[0], tf.shape(points)[1]
-        queries = tf.tile(tf.reshape(points, [1, -1, 2]), [batch, 1, 1])
-        return tf.reshape(evaluate_spline(fit, queries), [batch, rows, cols, 2])
-
     indices = tf.cast(tf.range(chip_size), dtype)
     points = frame_points(indices, indices)
     if flow_stride == 1:
-        flow = flow_at(points)
+        flow = evaluate_spline_on_affine_grid(fit, chip_to_image, indices, indices)
     else:
         positions, upsample = _flow_grid(chip_size, flow_stride, dtype)
-        flow = tf.einsum("hi,bijk,wj->bhwk", upsample, flow_at(frame_points(positions, positions)), upsample)
+        coarse = evaluate_spline_on_affine_grid(fit, chip_to_image, positions, positions)
+        flow = tf.einsum("hi,bijk,wj->bhwk", upsample, coarse, upsample)
     flow = tf.cast(flow, result_dtype)
     points = tf.cast(points, flow.dtype)
     return bilinear_sample(image, points[None, ..., 0] - flow[..., 0], points[None, ..., 1] - flow[..., 1])
@@ -655,6 +706,7 @@ __all__ = [
     "border_points",
     "dense_image_warp",
     "evaluate_spline",
+    "evaluate_spline_on_affine_grid",
     "evaluate_spline_on_grid",
     "fit_spline",
     "interpolate_spline",

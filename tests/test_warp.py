@@ -486,3 +486,20 @@ def test_chip_gradients_match_finite_differences(rng, argument):
 
     theoretical, numerical = tf.test.compute_gradient(chip, [tf.constant(inputs[argument])], delta=1e-6)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-5)
+
+
+def test_spline_on_an_affine_grid_equals_the_spline_at_those_points(rng):
+    points = rng.uniform(0, 100, size=[2, 12, 2])
+    values = rng.normal(size=[2, 12, 2])
+    angle, scale_u, scale_v = 0.3, 1.4, 0.8
+    matrix = np.array([[scale_u * np.cos(angle), -scale_v * np.sin(angle), 7.0], [scale_u * np.sin(angle), scale_v * np.cos(angle), -3.0]])
+    us, vs = np.arange(9.0), np.arange(5.0) * 2.5
+    for order in (1, 2):
+        fit = warp.fit_spline(points, values, order)
+        grid = warp.evaluate_spline_on_affine_grid(fit, matrix, us, vs).numpy()
+        v, u = np.meshgrid(vs, us, indexing="ij")
+        query = np.stack([u, v, np.ones_like(u)], -1) @ matrix.T  # [V, U, 2]
+        direct = warp.evaluate_spline(fit, np.tile(query.reshape(1, -1, 2), [2, 1, 1])).numpy().reshape(2, len(vs), len(us), 2)
+        np.testing.assert_allclose(grid, direct, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="orthogonal"):
+        warp.evaluate_spline_on_affine_grid(fit, np.array([[1.0, 0.5, 0], [0.0, 1.0, 0]]), us, vs)
