@@ -64,11 +64,16 @@ flags.DEFINE_enum(
     "(one interpolation; faster, see the README's training figures). frame: the whole face, then re-framed (the earlier path).",
 )
 
+flags.DEFINE_enum(
+    "optimizer", _d.optimizer, ["fused_adam", "adam"],
+    "Adam, updated by TensorFlow's fused kernel (fused_adam, faster on the paper's 51M-weight layer) or Keras's ops (adam). Same updates.",
+)
+
 _FLAG_TO_FIELD = (
     "data_dir", "model_dir", "encoder", "encoder_weights", "batch_size", "train_steps", "learning_rate", "landmark_weight",
     "texture_weight", "identity_weight", "feature_dim", "texture_decoder", "texture_base_channels", "texture_min_channels",
     "texture_fc_size", "flow_stride", "strategy", "tpu", "precision", "jit_compile", "seed", "checkpoint_interval",
-    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render",
+    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render", "optimizer",
 )
 
 

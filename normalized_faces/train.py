@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from normalized_faces import data, visualize
 from normalized_faces.model import NormalizedFaceModel
+from normalized_faces.optim import FusedAdam
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
@@ -30,6 +31,9 @@ MODEL_CONFIG_FILE = "model_config.json"
 # identity outputs about this face), exported beside the SavedModel.
 MEAN_FACE_FILE = "mean_face.png"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Both are Adam with the same mathematics and checkpoints; fused_adam updates each variable in one
+# TensorFlow kernel (normalized_faces/optim.py), adam with Keras's elementwise ops.
+OPTIMIZERS = {"fused_adam": FusedAdam, "adam": keras.optimizers.Adam}
 
 
 @dataclasses.dataclass
@@ -41,6 +45,7 @@ class TrainConfig:
     batch_size: int = 32  # global, over all replicas
     train_steps: int = 100_000
     learning_rate: float = 1e-4  # Adam
+    optimizer: str = "fused_adam"  # or "adam" (Keras's; same updates, slower on big layers)
     landmark_weight: float = 100.0
     texture_weight: float = 1.0
     identity_weight: float = 0.1  # 0 switches the identity loss (and the warp) off
@@ -73,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.identity_render not in ("chip", "frame"):
+            raise ValueError(f"identity_render must be 'chip' or 'frame', got {self.identity_render!r}")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
         for name in ("batch_size", "train_steps", "checkpoint_interval", "summary_interval", "validation_interval"):
@@ -167,7 +176,7 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
     # Loss scaling also gives every precision the same guard: a step whose gradients are not
     # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
     optimizer = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.Adam(config.learning_rate), initial_scale=2.0**15 if config.precision == "mixed_float16" else 1.0
+        OPTIMIZERS[config.optimizer](config.learning_rate), initial_scale=2.0**15 if config.precision == "mixed_float16" else 1.0
     )
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     model(tf.zeros([1, image_size, image_size, 3]))  # create every variable before a restore
