@@ -43,7 +43,11 @@ flags.DEFINE_integer("texture_fc_size", None, "Resolution of the fc decoder's ou
 flags.DEFINE_integer("flow_stride", _d.flow_stride, "1: exact spline warp; s > 1: coarse flow (faster, see README).")
 flags.DEFINE_enum("strategy", _d.strategy, list(train.STRATEGIES), "tf.distribute strategy; multi_worker_mirrored reads TF_CONFIG.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
-flags.DEFINE_enum("precision", _d.precision, list(train.PRECISIONS), "Keras dtype policy.")
+flags.DEFINE_enum(
+    "precision", _d.precision, list(train.PRECISIONS),
+    "Keras dtype policy. auto: mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions (AVX512_BF16/AMX; "
+    "measured 1.2-1.3x faster per step, losses tracking float32), else float32.",
+)
 flags.DEFINE_bool("jit_compile", _d.jit_compile, "Compile the train step with XLA.")
 flags.DEFINE_integer("seed", _d.seed, "Random seed (weights, data order).")
 flags.DEFINE_integer("checkpoint_interval", _d.checkpoint_interval, "Steps between checkpoints (and progress lines, sample grids).")
@@ -69,11 +73,17 @@ flags.DEFINE_enum(
     "Adam, updated by TensorFlow's fused kernel (fused_adam, faster on the paper's 51M-weight layer) or Keras's ops (adam). Same updates.",
 )
 
+flags.DEFINE_integer(
+    "identity_flow_stride", _d.identity_flow_stride,
+    "Flow stride of the chip the identity loss renders (training only; normalized faces are always rendered with --flow_stride). "
+    "2 is ~1.1x faster per step than 1 at a ~1e-3 px mean flow difference.",
+)
+
 _FLAG_TO_FIELD = (
     "data_dir", "model_dir", "encoder", "encoder_weights", "batch_size", "train_steps", "learning_rate", "landmark_weight",
     "texture_weight", "identity_weight", "feature_dim", "texture_decoder", "texture_base_channels", "texture_min_channels",
     "texture_fc_size", "flow_stride", "strategy", "tpu", "precision", "jit_compile", "seed", "checkpoint_interval",
-    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render", "optimizer",
+    "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render", "optimizer", "identity_flow_stride",
 )
 
 

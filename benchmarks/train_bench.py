@@ -16,8 +16,9 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
     +chip                    the identity loss rendering only the encoder's chip (default)
     +fused                   Adam through TensorFlow's fused kernel (default)
     +bf16                    --precision=mixed_bfloat16 (this CPU has AVX512_BF16 / AMX)
-    +stride2                 --flow_stride=2 (coarse flow in the warp)
+    +stride2                 --identity_flow_stride=2 (coarse flow in the identity loss's chip)
     +xla                     --jit_compile (XLA for the whole step)
+    defaults                 what train_main.py does with no flags (precision auto)
   --identity_weight=0 (the paper's ablation) is shown as "before" and "cache" too: without the
   identity loss the cached step runs no encoder and no warp at all.
 
@@ -47,16 +48,17 @@ flags.DEFINE_bool("breakdown", True, "Also print the breakdown of today's step."
 flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
 flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0: TensorFlow's default).")
 
-BEFORE = dict(identity_render="frame", optimizer="adam")
+# Each lever on top of the previous ones; "before" is the path before this work, still selectable.
+BEFORE = dict(identity_render="frame", optimizer="adam", precision="float32", identity_flow_stride=1)
 LEVERS = {
     "before": dict(cache=False, **BEFORE),
     "cache": dict(cache=True, **BEFORE),
-    "cache+chip": dict(cache=True, optimizer="adam"),
-    "cache+chip+fused": dict(cache=True),
-    "cache+chip+fused+bf16": dict(cache=True, precision="mixed_bfloat16"),
-    "cache+chip+fused+stride2": dict(cache=True, flow_stride=2),
-    "cache+chip+fused+xla": dict(cache=True, jit_compile=True),
-    "cache+chip+fused+bf16+stride2": dict(cache=True, precision="mixed_bfloat16", flow_stride=2),
+    "cache+chip": dict(cache=True, **{**BEFORE, "identity_render": "chip"}),
+    "cache+chip+fused": dict(cache=True, precision="float32", identity_flow_stride=1),
+    "cache+chip+fused+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=1),
+    "cache+chip+fused+bf16+stride2": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
+    "cache+chip+fused+xla": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
+    "defaults (train_main.py)": dict(cache=True),
 }
 flags.DEFINE_list("levers", list(LEVERS), "Which step variants to time (default: all, in this order).")
 
@@ -80,7 +82,7 @@ def random_batch(rng, size):
 def step_ms(config, batch, cache) -> float:
     """Median ms of one full train step of a model built from config (its precision set meanwhile)."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
+    keras.mixed_precision.set_global_policy(train.resolve_precision(config.precision))
     try:
         model = train.build_model(config, landmarks.template_landmarks(), 224)
         if cache:
@@ -94,7 +96,7 @@ def step_ms(config, batch, cache) -> float:
 
 
 def breakdown(config, batch):
-    config = train.TrainConfig(**{**config.__dict__, "identity_render": "frame"})  # today's path
+    config = train.TrainConfig(**{**config.__dict__, **BEFORE})  # the path before the levers
     model = train.build_model(config, landmarks.template_landmarks(), 224)
     rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
@@ -156,7 +158,7 @@ def main(argv):
             ms = step_ms(config_for(name, **options), batch, cache)
             before = before or ms
             print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
-        for lever, options in (("before", dict(cache=False, optimizer="adam")), ("cache+fused", dict(cache=True))):
+        for lever, options in (("before", dict(cache=False, optimizer="adam", precision="float32")), ("defaults", dict(cache=True))):
             options = dict(options)
             cache = options.pop("cache")
             ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache)  # no warp, no encoder pass

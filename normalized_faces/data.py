@@ -95,11 +95,12 @@ def serialize_record(record: FaceRecord) -> bytes:
     return example.SerializeToString()
 
 
-def parse_record(serialized, image_size=224):
+def parse_record(serialized, image_size=224, keys=None):
     """Serialized example(s) -> dict of tensors (the reader's half of the spec; works in tf.data).
 
     Returns (for one example): image and texture [S, S, 3] float32 in [0, 1], landmarks [68, 2],
-    identity, kind (strings), parents (1-D string tensor).
+    identity, kind (strings), parents (1-D string tensor); with `keys`, only those (a PNG that is
+    not asked for is not decoded: training from the encoder cache never needs the photo's pixels).
     """
     features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
 
@@ -108,14 +109,15 @@ def parse_record(serialized, image_size=224):
         image = tf.ensure_shape(image, [image_size, image_size, 3])
         return tf.image.convert_image_dtype(image, tf.float32)
 
-    return {
-        "image": decode(features["image"]),
-        "texture": decode(features["texture"]),
-        "landmarks": tf.reshape(features["landmarks"], [NUM_LANDMARKS, 2]),
-        "identity": features["identity"],
-        "kind": features["kind"],
-        "parents": tf.sparse.to_dense(features["parents"]),
+    fields = {
+        "image": lambda: decode(features["image"]),
+        "texture": lambda: decode(features["texture"]),
+        "landmarks": lambda: tf.reshape(features["landmarks"], [NUM_LANDMARKS, 2]),
+        "identity": lambda: features["identity"],
+        "kind": lambda: features["kind"],
+        "parents": lambda: tf.sparse.to_dense(features["parents"]),
     }
+    return {name: make() for name, make in fields.items() if keys is None or name in keys}
 
 
 def image_fingerprint(png):
@@ -227,9 +229,10 @@ def make_dataset(
         dataset = dataset.repeat()
 
     def parse(serialized, cached=None):
-        record = parse_record(serialized, image_size)
+        wanted = None if keys is None else [k for k in keys if k not in ("features", "embedding")]
+        record = parse_record(serialized, image_size, wanted)
         if not with_parents:
-            del record["parents"]
+            record.pop("parents", None)
         if cached is not None:
             outputs = tf.io.parse_single_example(cached, cache_spec)
             png = tf.io.parse_single_example(serialized, {"image": FEATURE_SPEC["image"]})["image"]

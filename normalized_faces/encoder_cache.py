@@ -42,7 +42,9 @@ def _sha256(path) -> str:
 def encoder_identity(encoder) -> dict:
     """What the cached values depend on: the encoder's class and config, and its weights' sha256."""
     config = {k: v for k, v in encoder.get_config().items() if k not in ("name", "trainable", "dtype", "weights_path", "cache_folder")}
-    return {"class": type(encoder).__name__, "config": config, "weights_sha256": _sha256(encoder.weights_file())}
+    # The compute dtype matters too: an encoder built under mixed_bfloat16 gives other values.
+    policy = encoder.network.dtype_policy.name if hasattr(encoder, "network") else encoder.dtype_policy.name
+    return {"class": type(encoder).__name__, "config": config, "policy": policy, "weights_sha256": _sha256(encoder.weights_file())}
 
 
 def cache_dir(data_dir, encoder, identity=None) -> pathlib.Path:
@@ -64,47 +66,59 @@ def _example(fingerprint, features, embedding) -> bytes:
 
 
 def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
-    """Computes (or completes) the cache for every split's records. Returns the cache folder."""
+    """Computes (or completes) the cache for every split's records. Returns the cache folder.
+
+    A cache shard is (re)computed when it is missing or its record file's size differs from the one
+    it was made from (data prep re-run, shards added); the others are kept.
+    """
     identity = encoder_identity(encoder)
     folder = cache_dir(data_dir, encoder, identity)
+    record_sizes = {}
+    for split in data.SPLITS:
+        try:
+            record_sizes.update({pathlib.Path(f).name: (f, pathlib.Path(f).stat().st_size) for f in data.record_files(data_dir, split)})
+        except FileNotFoundError:
+            continue
     manifest_path = folder / MANIFEST
-    if manifest_path.exists():
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    known = previous.get("shards", {})
+    up_to_date = {
+        name for name, (_, size) in record_sizes.items()
+        if isinstance(known.get(name), dict) and known[name].get("record_bytes") == size and (folder / name).exists()
+    }
+    if previous and up_to_date == set(record_sizes) and set(known) == set(record_sizes):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     image_size = int(data.load_metadata(data_dir).get("image_size", 224))
     encode = tf.function(lambda images: encoder(images))
-    shards, dims = {}, None
+    shards = {name: known[name] for name in up_to_date}
+    dims = (previous.get("feature_dim"), previous.get("embedding_dim")) if previous else None
     started, done = time.time(), 0
-    for split in data.SPLITS:
-        try:
-            files = data.record_files(data_dir, split)
-        except FileNotFoundError:
+    for name, (record_file, size) in sorted(record_sizes.items()):
+        if name in up_to_date:
             continue
-        for record_file in files:
-            target = folder / pathlib.Path(record_file).name
-            if target.exists():  # finished earlier (a resumed build)
-                shards[target.name] = sum(1 for _ in tf.data.TFRecordDataset(str(target)))
-                continue
-            partial = target.with_name(target.name + f".partial-{os.getpid()}")
-            records = tf.data.TFRecordDataset(record_file).map(
-                lambda serialized: data.parse_image_and_fingerprint(serialized, image_size), num_parallel_calls=tf.data.AUTOTUNE
-            )
-            count = 0
-            with tf.io.TFRecordWriter(str(partial)) as writer:
-                for images, fingerprints in records.batch(batch_size).prefetch(2):
-                    outputs = encode(images)
-                    features, embedding = outputs["features"].numpy(), outputs["embedding"].numpy()
-                    dims = (features.shape[1], embedding.shape[1])
-                    for i in range(len(fingerprints)):
-                        writer.write(_example(fingerprints[i], features[i], embedding[i]))
-                    count += len(fingerprints)
-            os.replace(partial, target)
-            shards[target.name] = count
-            done += count
-            report(f"encoder cache: {target.name} ({count} records; {done / (time.time() - started):.1f} records/s)")
-    if dims is None:  # every shard was done before: read the dims from one
-        example = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(str(next(folder.glob("*.tfrecord")))))).numpy())
-        dims = (len(example.features.feature["features"].float_list.value), len(example.features.feature["embedding"].float_list.value))
+        target = folder / name
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        records = tf.data.TFRecordDataset(record_file).map(
+            lambda serialized: data.parse_image_and_fingerprint(serialized, image_size), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        count = 0
+        with tf.io.TFRecordWriter(str(partial)) as writer:
+            for images, fingerprints in records.batch(batch_size).prefetch(2):
+                outputs = encode(images)
+                features, embedding = outputs["features"].numpy(), outputs["embedding"].numpy()
+                dims = (features.shape[1], embedding.shape[1])
+                for i in range(len(fingerprints)):
+                    writer.write(_example(fingerprints[i], features[i], embedding[i]))
+                count += len(fingerprints)
+        os.replace(partial, target)
+        shards[name] = {"records": count, "record_bytes": size}
+        done += count
+        report(f"encoder cache: {name} ({count} records; {done / max(time.time() - started, 1e-9):.1f} records/s)")
+    for stale in set(known) - set(record_sizes):  # shards whose records are gone
+        (folder / stale).unlink(missing_ok=True)
+    if not dims or dims[0] is None:
+        raise ValueError(f"no records under {data_dir} to cache")
     manifest = {**identity, "feature_dim": int(dims[0]), "embedding_dim": int(dims[1]), "shards": shards}
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
     return folder

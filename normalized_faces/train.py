@@ -30,7 +30,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 # The training data's mean face, kept with the run: evaluation's baseline (a model that ignores
 # identity outputs about this face), exported beside the SavedModel.
 MEAN_FACE_FILE = "mean_face.png"
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Both are Adam with the same mathematics and checkpoints; fused_adam updates each variable in one
 # TensorFlow kernel (normalized_faces/optim.py), adam with Keras's elementwise ops.
 OPTIMIZERS = {"fused_adam": FusedAdam, "adam": keras.optimizers.Adam}
@@ -57,9 +57,10 @@ class TrainConfig:
     texture_fc_size: int | None = None
     flow_stride: int = 1
     identity_render: str = "chip"  # "frame": render the full face, then re-frame it for the encoder (slower)
+    identity_flow_stride: int = 2  # flow stride of the identity loss's chip (training only; outputs stay exact)
     strategy: str = "default"
     tpu: str | None = None
-    precision: str = "float32"
+    precision: str = "auto"  # mixed_bfloat16 on CPUs with bfloat16 instructions and no GPU, else float32
     jit_compile: bool = False
     seed: int = 0
     shuffle_buffer: int = 1000
@@ -137,6 +138,26 @@ def make_tiny_data(data_dir: str, seed: int = 0) -> None:
     print(f"made tiny synthetic data in {data_dir}: {summary['records']}", flush=True)
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX_BF16; Linux /proc/cpuinfo)."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions, where it
+    measured 1.2-1.3x faster per step with losses tracking float32 (benchmarks/train_bench.py,
+    precision_check.py); else float32 (GPUs: not measured here). Other values pass through."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return "float32"
+    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+
+
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
@@ -172,11 +193,12 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
         identity_weight=config.identity_weight,
         flow_stride=config.flow_stride,
         identity_render=config.identity_render,
+        identity_flow_stride=config.identity_flow_stride,
     )
     # Loss scaling also gives every precision the same guard: a step whose gradients are not
     # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
     optimizer = keras.optimizers.LossScaleOptimizer(
-        OPTIMIZERS[config.optimizer](config.learning_rate), initial_scale=2.0**15 if config.precision == "mixed_float16" else 1.0
+        OPTIMIZERS[config.optimizer](config.learning_rate), initial_scale=2.0**15 if resolve_precision(config.precision) == "mixed_float16" else 1.0
     )
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     model(tf.zeros([1, image_size, image_size, 3]))  # create every variable before a restore
@@ -334,8 +356,11 @@ def _train(config: TrainConfig) -> dict:
     config.check()
     keras.utils.set_random_seed(config.seed)
     model_dir = pathlib.Path(config.model_dir)
-    if config.precision != "float32":
-        keras.mixed_precision.set_global_policy(config.precision)
+    precision = resolve_precision(config.precision)
+    if config.precision == "auto":
+        print(f"precision auto -> {precision}", flush=True)
+    if precision != "float32":
+        keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.strategy, config.tpu)
     chief = is_chief(strategy)
     _write_config(config, model_dir, chief)
@@ -361,7 +386,8 @@ def _train(config: TrainConfig) -> dict:
         from normalized_faces import encoder_cache
 
         cache = encoder_cache.build(config.data_dir, model.encoder, report=lambda line: print(line, flush=True))
-        keys = keys + ("features", "embedding")
+        # The photo itself is no longer needed by a step: its encoder outputs stand in for it.
+        keys = tuple(k for k in keys if k != "image") + ("features", "embedding")
     train_data = data.make_dataset(
         config.data_dir, "train", batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, repeat=True, seed=config.seed + step, image_size=image_size,
         keys=keys, encoder_cache=cache,

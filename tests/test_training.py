@@ -322,7 +322,7 @@ def test_encoder_cache_holds_the_encoders_outputs_and_training_losses_are_unchan
     folder = encoder_cache.build(str(data_dir), model.encoder, report=lines.append)
     manifest = encoder_cache.load_manifest(folder)
     assert manifest["feature_dim"] == 256 and manifest["embedding_dim"] == 128 and len(lines) == len(manifest["shards"])
-    assert sum(manifest["shards"].values()) == sum(1 for split in data.SPLITS for f in data.record_files(str(data_dir), split) for _ in tf.data.TFRecordDataset(f))
+    assert sum(s["records"] for s in manifest["shards"].values()) == sum(1 for split in data.SPLITS for f in data.record_files(str(data_dir), split) for _ in tf.data.TFRecordDataset(f))
     # Built once: a second call reuses it; another encoder configuration gets another folder.
     assert encoder_cache.build(str(data_dir), model.encoder, report=lines.append) == folder and len(lines) == len(manifest["shards"])
     from normalized_faces.encoders import get_encoder
@@ -355,6 +355,11 @@ def test_a_stale_encoder_cache_fails_loudly(tmp_path, tiny_data_dir):
     with pytest.raises(tf.errors.InvalidArgumentError, match="does not match these records"):
         for _ in data.make_dataset(str(data_dir), "train", batch_size=4, encoder_cache=folder):
             pass
+    # A new shard (records added) is cached on the next build; the others are kept.
+    shutil.copyfile(shard, data_dir / "train-99999-of-99999.tfrecord")
+    lines = []
+    encoder_cache.build(str(data_dir), model.encoder, report=lines.append)
+    assert len(lines) == 1 and "train-99999-of-99999" in lines[0]
 
 
 def test_identity_loss_rendered_as_a_chip_agrees_with_rendering_the_frame(tmp_path, tiny_data_dir):
