@@ -26,17 +26,10 @@ import time
 import tensorflow as tf
 
 from normalized_faces import data
+from normalized_faces.checksums import sha256_of
 
 CACHE_FOLDER = "encoder_cache"
 MANIFEST = "manifest.json"
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def encoder_identity(encoder) -> dict:
@@ -44,7 +37,7 @@ def encoder_identity(encoder) -> dict:
     config = {k: v for k, v in encoder.get_config().items() if k not in ("name", "trainable", "dtype", "weights_path", "cache_folder")}
     # The compute dtype matters too: an encoder built under mixed_bfloat16 gives other values.
     policy = encoder.network.dtype_policy.name if hasattr(encoder, "network") else encoder.dtype_policy.name
-    return {"class": type(encoder).__name__, "config": config, "policy": policy, "weights_sha256": _sha256(encoder.weights_file())}
+    return {"class": type(encoder).__name__, "config": config, "policy": policy, "weights_sha256": sha256_of(encoder.weights_file())}
 
 
 def cache_dir(data_dir, encoder, identity=None) -> pathlib.Path:

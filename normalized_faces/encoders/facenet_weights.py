@@ -6,9 +6,10 @@ Kept apart from `facenet.py` so the set-up command `fetch-facenet-weights` start
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
+
+from normalized_faces.checksums import sha256_of  # noqa: F401 (used by facenet.py and fetch_facenet.py)
 
 DEFAULT_KEY = "20170512-110547"
 DEFAULT_CACHE = "~/.keras-facenet"
@@ -95,14 +96,6 @@ def weights_info(key) -> FacenetWeights:
     if key not in WEIGHTS:
         raise ValueError(f"unknown FaceNet key {key!r}; this project knows {sorted(WEIGHTS)}")
     return WEIGHTS[key]
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_weights_path(key=DEFAULT_KEY, cache_folder=DEFAULT_CACHE) -> pathlib.Path:
