@@ -95,6 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
         photos | "Count inputs" >> beam.Map(lambda _: ("inputs", 1)),
         averaged.faces | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
         records | "Count records" >> beam.Map(lambda f: (f"records/{f.split}/{f.kind}", 1)),
+        plans | "Count planned morphs" >> beam.Map(lambda _: ("planned_morphs", 1)),
         rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
     ) | "All counts" >> beam.Flatten()
     (
@@ -139,6 +140,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     rejected = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("rejected/")}
     records = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("records/")}
     summary = {
+        "planned_morphs": counts.get("planned_morphs", 0),
+        "written_morphs": sum(value for key, value in records.items() if key.endswith("/morph")),
         "inputs": counts.get("inputs", 0),
         "accepted": counts.get("accepted_photos", 0),
         "rejected": sum(rejected.values()),
@@ -170,17 +173,32 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     preview_path = preview.write_preview(output_dir, join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"), join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"))
     FileSystems.delete([join(output_dir, name) for name in (f"{STATS_PREFIX}.jsonl", f"{MEAN_PREFIX}.json", f"{PREVIEW_PREFIX}_average.tfrecord", f"{PREVIEW_PREFIX}_morph.tfrecord")])
     summary["preview"] = preview_path
+    check_books(summary)
     return summary
+
+
+class LostRecords(RuntimeError):
+    """The job's own books do not balance: something was lost (or made twice) on the way."""
+
+
+def check_books(summary: dict) -> None:
+    """Fails loudly, with the numbers, when planned != written morphs or inputs != accepted + rejected."""
+    problems = []
+    if summary["planned_morphs"] != summary["written_morphs"]:
+        problems.append(f"planned {summary['planned_morphs']} morphs, wrote {summary['written_morphs']}")
+    if summary["inputs"] != summary["accepted"] + summary["rejected"]:
+        problems.append(f"inputs {summary['inputs']} != accepted {summary['accepted']} + rejected {summary['rejected']}")
+    if problems:
+        raise LostRecords("data prep's books do not balance: " + "; ".join(problems) + " (metadata.json has the counts)")
 
 
 def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
+    print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
     for reason, count in summary["rejected_by_reason"].items():
         print(f"  rejected {reason}: {count}", file=stream)
     for key, count in summary["records"].items():
         print(f"  records {key}: {count}", file=stream)
-    if summary["inputs"] != summary["accepted"] + summary["rejected"]:
-        print("WARNING: inputs != accepted + rejected: some photos are unaccounted for", file=stream)
     print(f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, {pathlib.Path(summary['preview']).name}", file=stream)
 
 

@@ -281,6 +281,7 @@ def test_pipeline_counts_add_up_and_every_input_lands_once(synthetic_run):
     assert kinds == {"average": 8, "morph": 10}
     metadata = json.loads((output / "metadata.json").read_text())
     assert metadata["counts"]["inputs"] == summary["inputs"] and len(metadata["mean_landmarks"]) == 68
+    assert metadata["counts"]["planned_morphs"] == metadata["counts"]["written_morphs"] == 10
     assert metadata["versions"]["apache_beam"] and metadata["image_size"] == 224
     assert (output / "preview.png").stat().st_size > 10000
     assert not list(output.glob("_*"))  # side files cleaned up
@@ -322,6 +323,15 @@ def test_preview_sheet_shows_faces(synthetic_run, tmp_path):
     preview = cv2.imread(str(synthetic_run["output"] / "preview.png"))
     assert preview.shape[0] > 224 and preview.shape[1] > 4 * 224
     assert preview.std() > 20  # not a blank sheet
+
+
+def test_unbalanced_books_fail_the_job_with_the_numbers():
+    summary = {"planned_morphs": 6000, "written_morphs": 5872, "inputs": 10, "accepted": 7, "rejected": 3}
+    with pytest.raises(job.LostRecords, match="planned 6000 morphs, wrote 5872"):
+        job.check_books(summary)
+    with pytest.raises(job.LostRecords, match=r"inputs 10 != accepted 7 \+ rejected 2"):
+        job.check_books({**summary, "written_morphs": 6000, "rejected": 2})
+    job.check_books({**summary, "written_morphs": 6000})
 
 
 @pytest.mark.slow
