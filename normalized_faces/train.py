@@ -149,7 +149,7 @@ def cpu_has_bfloat16() -> bool:
 
 def resolve_precision(precision: str) -> str:
     """"auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions, where it
-    measured 1.2-1.3x faster per step with losses tracking float32 (benchmarks/train_bench.py,
+    measured 1.1-1.25x faster per step with losses tracking float32 (benchmarks/train_bench.py,
     precision_check.py); else float32 (GPUs: not measured here). Other values pass through."""
     if precision != "auto":
         return precision
