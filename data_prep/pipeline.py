@@ -42,7 +42,10 @@ flags.DEFINE_string("output_dir", None, "Where records, rejected.jsonl, metadata
 flags.DEFINE_integer("size", _defaults.size, "Aligned crop size in pixels (paper: 224).")
 flags.DEFINE_float("interocular", _defaults.interocular, "Distance between the eye centres in the aligned crop (paper: 55).")
 flags.DEFINE_integer("min_photos_per_identity", _defaults.min_photos_per_identity, "Identities with fewer usable photos are not averaged (paper: 3).")
-flags.DEFINE_enum("detector", _defaults.detector, ["hog", "cnn"], "dlib face detector: HOG (fast) or CNN/MMOD (better on hard poses, slower).")
+flags.DEFINE_enum(
+    "detector", _defaults.detector, ["hog", "cnn", "auto"],
+    "dlib face detector: HOG (fast), CNN/MMOD (better on hard poses, slower), or auto (HOG, CNN where HOG finds no face).",
+)
 flags.DEFINE_integer("upsample", _defaults.upsample, "Times the detector upsamples the photo (finds smaller faces, slower).")
 flags.DEFINE_enum("multiple_faces", _defaults.multiple_faces, ["largest", "reject"], "Photos with several faces: keep the largest, or reject the photo.")
 flags.DEFINE_float("min_face_interocular", _defaults.min_face_interocular, "Reject faces whose eyes are closer than this in the photo (px): too small.")

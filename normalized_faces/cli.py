@@ -33,7 +33,7 @@ def define_flags():
     flags.DEFINE_string("manifest", None, "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).")
     flags.DEFINE_bool("adjust_colors", False, "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).")
     flags.DEFINE_bool("save_aligned", False, "Also write the aligned 224 x 224 input crops (<photo>_aligned.png).")
-    flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector.")
+    flags.DEFINE_enum("detector", "auto", ["auto", "hog", "cnn"], "dlib face detector: auto = HOG, and its CNN detector for photos where HOG finds no face.")
     flags.DEFINE_integer("batch_size", 16, "Faces per model call.")
 
 
@@ -61,7 +61,7 @@ def output_names(jobs) -> list:
     return [job.name(with_folder=len(photos_by_stem[job.photo_path.stem]) > 1) for job in jobs]
 
 
-def collect_faces(paths_and_landmarks, detector_model="hog", report=print):
+def collect_faces(paths_and_landmarks, detector_model="auto", report=print):
     """Decodes, finds and aligns every face; reports each problem. Returns (jobs, failed paths)."""
     from data_prep.decode import RejectedPhoto, decode_photo
     from normalized_faces import alignment
@@ -109,7 +109,7 @@ def normalize(model, jobs, batch_size=16):
 
 
 def run(
-    model_path, output_dir, photos, manifest=None, adjust_colors=False, save_aligned=False, detector="hog", batch_size=16, report=print, items=()
+    model_path, output_dir, photos, manifest=None, adjust_colors=False, save_aligned=False, detector="auto", batch_size=16, report=print, items=()
 ) -> int:
     """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize

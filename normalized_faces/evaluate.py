@@ -51,7 +51,7 @@ def define_flags():
         "judges", None,
         f"Recognizers that judge ({', '.join(JUDGES)}); default: every one available, one the model was not trained with first.",
     )
-    flags.DEFINE_enum("detector", "hog", ["hog", "cnn"], "dlib face detector (photos without manifest landmarks).")
+    flags.DEFINE_enum("detector", "auto", ["auto", "hog", "cnn"], "dlib face detector for photos without manifest landmarks (auto: HOG, CNN where HOG finds none).")
 
 
 def default_judges(training_encoder: str | None) -> list:
@@ -202,7 +202,7 @@ def load_judges(names, image_size, report=print) -> dict:
     return judges
 
 
-def evaluate(model_path, items, output_dir, detector="hog", judges=None, report=print) -> dict:
+def evaluate(model_path, items, output_dir, detector="auto", judges=None, report=print) -> dict:
     """items: [(path, identity, landmarks or None)]. Returns the report dict (also written as JSON)."""
     from normalized_faces import inference
     from normalized_faces.cli import collect_faces, normalize

@@ -144,3 +144,16 @@ def test_a_mean_face_cannot_pass_the_evaluation(rng):
     assert good["normalized"]["rank1"] - good["mean_face_baseline"]["rank1"] > 0.8
     # Ties count against the probe: a probe equidistant from every gallery entry ranks nobody first.
     assert evaluate.rank_accuracy(np.zeros([2, 3]), ["a", "b"], np.eye(3)[:2], ["a", "b"], threshold)["rank1"] == 0.0
+
+
+def test_auto_detector_falls_back_to_the_cnn_where_hog_finds_no_face():
+    from normalized_faces.detection import FaceDetector
+
+    # An LFW photo where dlib's HOG detector finds no face (found by benchmarks/facenet_lfw.py).
+    photo = cv2.cvtColor(cv2.imread(str(shared_path("faces", "lfw", "Arlen_Specter", "Arlen_Specter_0003.jpg"))), cv2.COLOR_BGR2RGB)
+    assert FaceDetector("hog")(photo) == []
+    faces = FaceDetector("auto")(photo)
+    assert len(faces) >= 1 and faces[0].landmarks.shape == (68, 2)
+    assert FaceDetector("auto")(np.full([200, 200, 3], 128, np.uint8)) == []  # still nothing on a blank
+    with pytest.raises(ValueError, match="choose one of hog, cnn, auto"):
+        FaceDetector("mtcnn")
