@@ -10,8 +10,9 @@ script catches that to print what was read back. Measured here (2 cores, 320 x 3
 ~360-400 s): 5,872 written in one run, 5,160 in another, with all 6,000 plans counted: morphs are
 lost after planning (the joins or MakeMorph), by a varying amount. Passing the parents to MakeMorph
 as an AsDict side input of PNG textures (+ Reshuffle) instead of the two joins still lost 25 (not
-kept). 200 people / 2,000 morphs lost none. A 40,000-morph run over 716 LFW people was killed by
-the kernel's OOM killer (main process at 16.5 GB resident).
+kept). 200 people / 2,000 morphs lost none. With --beam_args=--direct_running_mode=multi_threading
+the run was killed by the OOM killer at 24 GB resident; a 40,000-morph run over 716 LFW people on
+the default engine was killed too (main process at 16.5 GB resident).
 """
 
 from __future__ import annotations
