@@ -171,8 +171,9 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
             fn = lambda i, s, d, stride=stride: warp.sparse_image_warp(i, s, d, num_boundary_points=n, flow_stride=stride)  # noqa: E731
             ours[name] = {"fwd": tf.function(lambda i, s, d, fn=fn: fn(i, s, d)[0]), "fwb": tf.function(_gradients_image_dest(fn))}
             if name == "exact":
-                relative = abs(float(tf.reduce_sum(ours[name]["fwd"](*args))) - reference_sum) / abs(reference_sum)
-                print(f"same image: sum of ours {float(tf.reduce_sum(ours[name]['fwd'](*args))):.3f} vs tfa {reference_sum:.3f} (relative {relative:.1e})")
+                our_sum = float(tf.reduce_sum(ours[name]["fwd"](*args)))
+                relative = abs(our_sum - reference_sum) / abs(reference_sum)
+                print(f"same image: sum of ours {our_sum:.3f} vs tfa {reference_sum:.3f} (relative {relative:.1e})")
         print(f"{'variant':<12} {'fwd ms':>8} {'tfa fwd':>8} {'ratio':>7}   {'f+b ms':>8} {'tfa f+b':>8} {'ratio':>7}")
         for name, functions in ours.items():
             row = []

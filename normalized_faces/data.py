@@ -26,6 +26,7 @@ import tensorflow as tf
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 KINDS = ("average", "morph")
+RECORD_FIELDS = ("image", "texture", "landmarks", "identity", "kind", "parents")  # what parse_record returns by default
 TRAINING_KEYS = ("image", "texture", "landmarks")  # what a training step reads (strings do not distribute)
 SPLITS = ("train", "validation")
 METADATA_FILE = "metadata.json"
@@ -116,20 +117,16 @@ def parse_record(serialized, image_size=224, keys=None):
         "identity": lambda: features["identity"],
         "kind": lambda: features["kind"],
         "parents": lambda: tf.sparse.to_dense(features["parents"]),
+        # Not a stored field: ties a cached encoder output to its record (encoder_cache.py).
+        "image_fingerprint": lambda: image_fingerprint(features["image"]),
     }
-    return {name: make() for name, make in fields.items() if keys is None or name in keys}
+    wanted = RECORD_FIELDS if keys is None else keys
+    return {name: make() for name, make in fields.items() if name in wanted}
 
 
 def image_fingerprint(png):
     """A 64-bit fingerprint (int64 scalar) of a record's image bytes: what ties a cached encoder output to its record."""
     return tf.bitcast(tf.reshape(tf.fingerprint(tf.reshape(png, [1])), [8]), tf.int64)
-
-
-def parse_image_and_fingerprint(serialized, image_size=224):
-    """(image [S, S, 3] float32 in [0, 1], fingerprint of its bytes) of one serialized record."""
-    png = tf.io.parse_single_example(serialized, {"image": FEATURE_SPEC["image"]})["image"]
-    image = tf.ensure_shape(tf.io.decode_png(png, channels=3), [image_size, image_size, 3])
-    return tf.image.convert_image_dtype(image, tf.float32), image_fingerprint(png)
 
 
 def decode_record(serialized: bytes) -> FaceRecord:
@@ -230,14 +227,15 @@ def make_dataset(
 
     def parse(serialized, cached=None):
         wanted = None if keys is None else [k for k in keys if k not in ("features", "embedding")]
+        if cached is not None:
+            wanted = list(RECORD_FIELDS if wanted is None else wanted) + ["image_fingerprint"]
         record = parse_record(serialized, image_size, wanted)
         if not with_parents:
             record.pop("parents", None)
         if cached is not None:
             outputs = tf.io.parse_single_example(cached, cache_spec)
-            png = tf.io.parse_single_example(serialized, {"image": FEATURE_SPEC["image"]})["image"]
             check = tf.debugging.assert_equal(
-                image_fingerprint(png), outputs["fingerprint"],
+                record.pop("image_fingerprint"), outputs["fingerprint"],
                 message=f"encoder cache {encoder_cache} does not match these records (stale: made for another data prep run); delete it to rebuild",
             )
             with tf.control_dependencies([check]):

@@ -93,12 +93,12 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
         target = folder / name
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         records = tf.data.TFRecordDataset(record_file).map(
-            lambda serialized: data.parse_image_and_fingerprint(serialized, image_size), num_parallel_calls=tf.data.AUTOTUNE
+            lambda serialized: data.parse_record(serialized, image_size, ("image", "image_fingerprint")), num_parallel_calls=tf.data.AUTOTUNE
         )
         count = 0
         with tf.io.TFRecordWriter(str(partial)) as writer:
-            for images, fingerprints in records.batch(batch_size).prefetch(2):
-                outputs = encode(images)
+            for batch in records.batch(batch_size).prefetch(2):
+                outputs, fingerprints = encode(batch["image"]), batch["image_fingerprint"]
                 features, embedding = outputs["features"].numpy(), outputs["embedding"].numpy()
                 dims = (features.shape[1], embedding.shape[1])
                 for i in range(len(fingerprints)):

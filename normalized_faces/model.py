@@ -246,11 +246,13 @@ class NormalizedFaceModel(keras.Model):
         h = self.head(features)
         return self.landmark_decoder(h), tf.cast(self.texture_decoder(h), tf.float32)
 
+    def _mean_landmarks_like(self, texture):
+        """The mean landmarks, one copy per texture in the batch: [B, 68, 2]."""
+        return tf.tile(tf.constant(self.mean_landmarks)[None], [tf.shape(texture)[0], 1, 1])
+
     def render(self, texture, landmarks):
         """Texture (registered to the mean landmarks) warped to `landmarks`: [B, S, S, 3] float32."""
-        batch = tf.shape(texture)[0]
-        mean = tf.tile(tf.constant(self.mean_landmarks)[None], [batch, 1, 1])
-        return self.renderer(texture, mean, landmarks)
+        return self.renderer(texture, self._mean_landmarks_like(texture), landmarks)
 
     def call(self, images, training=False):
         encoded = self.encoder(images)
@@ -287,9 +289,8 @@ class NormalizedFaceModel(keras.Model):
             if self.identity_render == "chip" and not self.encoder.native_input:
                 # Render only what the encoder looks at: its chip of the rendered face, sampled
                 # straight from the texture (one resampling instead of warp + re-framing).
-                batch = tf.shape(texture)[0]
                 chips = warp.sparse_image_warp_chip(
-                    texture, tf.tile(tf.constant(self.mean_landmarks)[None], [batch, 1, 1]), landmarks,
+                    texture, self._mean_landmarks_like(texture), landmarks,
                     self.encoder.aligned_chip_matrix(), self.encoder.native_size,
                     num_boundary_points=self.renderer.num_boundary_points, flow_stride=self.identity_flow_stride,
                 )

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from normalized_faces import data, visualize
-from normalized_faces.model import NormalizedFaceModel
+from normalized_faces.model import IDENTITY_RENDERS, NormalizedFaceModel
 from normalized_faces.optim import FusedAdam
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.identity_render not in ("chip", "frame"):
-            raise ValueError(f"identity_render must be 'chip' or 'frame', got {self.identity_render!r}")
+        if self.identity_render not in IDENTITY_RENDERS:
+            raise ValueError(f"identity_render must be one of {IDENTITY_RENDERS}, got {self.identity_render!r}")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
         for name in ("batch_size", "train_steps", "checkpoint_interval", "summary_interval", "validation_interval"):

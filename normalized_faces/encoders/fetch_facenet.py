@@ -24,7 +24,8 @@ import sys
 import tarfile
 import tempfile
 
-from normalized_faces.encoders.facenet_weights import ARCHIVE, DEFAULT_CACHE, DEFAULT_KEY, cache_weights_path, sha256_of, weights_info
+from normalized_faces.checksums import sha256_of
+from normalized_faces.encoders.facenet_weights import ARCHIVE, DEFAULT_CACHE, DEFAULT_KEY, cache_weights_path, weights_info
 
 
 class FetchError(RuntimeError):
