@@ -25,63 +25,43 @@ MEAN_PREFIX = "_mean_landmarks"
 PREVIEW_PREFIX = "_preview"
 
 
-def _serialize(face: stages.Face) -> bytes:
-    from normalized_faces.data import FaceRecord, serialize_record
-
-    return serialize_record(FaceRecord(face.image, face.texture, face.landmarks, face.identity, face.kind, face.parents))
-
-
-def _morph_entry(face: stages.Face):
-    from data_prep import morph
-
-    landmark_part, texture_part = morph.face_descriptor(face.texture, face.landmarks)
-    return face.split, (face.key, landmark_part, texture_part)
-
-
 def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, config: stages.PrepConfig, num_shards: int = 4, preview_count: int = 8):
     """Adds the whole job to `pipeline`. Separate from main so tests run it on any runner."""
     join = FileSystems.join
     photos = pipeline | "Inputs" >> beam.Create(photo_inputs) | "Spread" >> beam.Reshuffle()
     processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(stages.REJECTED, main="kept")
-    averaged = (
-        processed.kept
-        | "By identity" >> beam.GroupByKey()
-        | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(stages.REJECTED, main="faces")
-    )
+    by_identity = processed.kept | "By identity" >> beam.GroupByKey()
+    averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(stages.REJECTED, main="faces")
     mean_landmarks = averaged.faces | "Landmarks" >> beam.Map(lambda f: f.landmarks) | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
     mean_side = beam.pvalue.AsSingleton(mean_landmarks)
     faces = averaged.faces | "Decompose" >> beam.Map(stages.decompose, mean_side)
 
-    # Morphs: plan per split on one worker (a k-d tree over compact descriptors), then join each
-    # plan with its two parent faces by key, so no worker needs the whole dataset in memory.
+    # Morphs: each face is staged to a file and planned per split on one worker (a k-d tree over
+    # compact descriptors); a morph's element stays a plan until MakeMorph turns it into a record,
+    # reading its two parents from the staged files (stages.STAGING_FOLDER says why).
+    staging_dir = join(output_dir, stages.STAGING_FOLDER)
     total_faces = beam.pvalue.AsSingleton(faces | "Count faces" >> beam.combiners.Count.Globally())
     plans = (
         faces
-        | "Descriptors" >> beam.Map(_morph_entry)
+        | "Stage faces" >> beam.ParDo(stages.StageFace(staging_dir))
         | "By split" >> beam.GroupByKey()
         | "Plan morphs" >> beam.FlatMap(stages.plan_split_morphs, total_faces, config)
     )
-    keyed_faces = faces | "Key faces" >> beam.Map(lambda f: (f.key, f))
-    with_seed = (
-        {"plans": plans | "By seed" >> beam.Map(lambda p: (p.seed, p)), "faces": keyed_faces}
-        | "Join seeds" >> beam.CoGroupByKey()
-        | "Attach seed" >> beam.FlatMap(lambda kv: [(plan.target, (plan, kv[1]["faces"][0])) for plan in kv[1]["plans"]])
-    )
-    morphs = (
-        {"pairs": with_seed, "faces": keyed_faces}
-        | "Join targets" >> beam.CoGroupByKey()
-        | "Attach target" >> beam.FlatMap(lambda kv: [(plan, seed, kv[1]["faces"][0]) for plan, seed in kv[1]["pairs"]])
-        | "Make morphs" >> beam.ParDo(stages.MakeMorph(config), mean_side)
-    )
+    average_records = faces | "Serialize averages" >> beam.Map(stages.to_record)
+    morph_records = plans | "Spread plans" >> beam.Reshuffle() | "Make morphs" >> beam.ParDo(stages.MakeMorph(config, staging_dir), mean_side)
 
-    records = (faces, morphs) | "All faces" >> beam.Flatten()
-    by_split = records | "Split" >> beam.Partition(lambda face, _: 0 if face.split == "train" else 1, 2)
-    for split, part in zip(("train", "validation"), by_split):
-        (
-            part
-            | f"Serialize {split}" >> beam.Map(_serialize)
-            | f"Write {split}" >> beam.io.WriteToTFRecord(join(output_dir, split), file_name_suffix=".tfrecord", num_shards=num_shards)
-        )
+    # Morph records go from MakeMorph to the writer in one fused stage: runner-chosen sharding
+    # (num_shards=0) writes each bundle as it comes, where a fixed shard count would first group
+    # every record in memory. The averages (one per identity) keep the requested shard count.
+    for kind, collection, shards in (("averages", average_records, num_shards), ("morphs", morph_records, 0)):
+        by_split = collection | f"Split {kind}" >> beam.Partition(lambda record, _: 0 if record.split == "train" else 1, 2)
+        for split, part in zip(("train", "validation"), by_split):
+            (
+                part
+                | f"{kind} {split} bytes" >> beam.Map(lambda record: record.data)
+                | f"Write {split} {kind}" >> beam.io.WriteToTFRecord(join(output_dir, f"{split}-{kind}"), file_name_suffix=".tfrecord", num_shards=shards)
+            )
+    records = (average_records, morph_records)
 
     rejected = (processed[stages.REJECTED], averaged[stages.REJECTED]) | "All rejected" >> beam.Flatten()
     (
@@ -94,8 +74,10 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
     counts = (
         photos | "Count inputs" >> beam.Map(lambda _: ("inputs", 1)),
         averaged.faces | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
-        records | "Count records" >> beam.Map(lambda f: (f"records/{f.split}/{f.kind}", 1)),
+        average_records | "Count average records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
+        morph_records | "Count morph records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
         plans | "Count planned morphs" >> beam.Map(lambda _: ("planned_morphs", 1)),
+        by_identity | "Count identities" >> beam.Map(lambda kv: ("identities_with_enough_photos", int(len(list(kv[1])) >= config.min_photos_per_identity))),
         rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
     ) | "All counts" >> beam.Flatten()
     (
@@ -109,13 +91,12 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
         | "Mean to JSON" >> beam.Map(json.dumps)
         | "Write mean" >> beam.io.WriteToText(join(output_dir, MEAN_PREFIX), file_name_suffix=".json", shard_name_template="", num_shards=1)
     )
-    for kind, collection in (("average", faces), ("morph", morphs)):
+    for kind, collection in zip(("average", "morph"), records):
         (
             collection
-            | f"Key {kind} previews" >> beam.Map(lambda f: (f.key, f))
+            | f"Key {kind} previews" >> beam.Map(lambda r: (r.key, r.data))
             | f"Sample {kind}s" >> beam.combiners.Top.Smallest(preview_count, key=lambda kv: kv[0])  # deterministic sample
-            | f"Flatten {kind} previews" >> beam.FlatMap(lambda top: [f for _, f in top])
-            | f"Serialize {kind} previews" >> beam.Map(_serialize)
+            | f"Flatten {kind} previews" >> beam.FlatMap(lambda top: [data for _, data in top])
             | f"Write {kind} previews" >> beam.io.WriteToTFRecord(
                 join(output_dir, f"{PREVIEW_PREFIX}_{kind}"), file_name_suffix=".tfrecord", shard_name_template="", num_shards=1
             )
@@ -140,6 +121,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     rejected = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("rejected/")}
     records = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("records/")}
     summary = {
+        "identities_with_enough_photos": counts.get("identities_with_enough_photos", 0),
+        "written_averages": sum(value for key, value in records.items() if key.endswith("/average")),
         "planned_morphs": counts.get("planned_morphs", 0),
         "written_morphs": sum(value for key, value in records.items() if key.endswith("/morph")),
         "inputs": counts.get("inputs", 0),
@@ -172,6 +155,9 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         file.write(json.dumps(metadata, indent=2).encode())
     preview_path = preview.write_preview(output_dir, join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"), join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"))
     FileSystems.delete([join(output_dir, name) for name in (f"{STATS_PREFIX}.jsonl", f"{MEAN_PREFIX}.json", f"{PREVIEW_PREFIX}_average.tfrecord", f"{PREVIEW_PREFIX}_morph.tfrecord")])
+    staging_dir = join(output_dir, stages.STAGING_FOLDER)
+    if FileSystems.exists(staging_dir):
+        FileSystems.delete([staging_dir])
     summary["preview"] = preview_path
     check_books(summary)
     return summary
@@ -182,8 +168,11 @@ class LostRecords(RuntimeError):
 
 
 def check_books(summary: dict) -> None:
-    """Fails loudly, with the numbers, when planned != written morphs or inputs != accepted + rejected."""
+    """Fails loudly, with the numbers, when planned != written morphs, inputs != accepted + rejected,
+    or the averages written != the identities with enough photos."""
     problems = []
+    if summary.get("identities_with_enough_photos", 0) != summary.get("written_averages", 0):
+        problems.append(f"{summary.get('identities_with_enough_photos', 0)} identities have enough photos, wrote {summary.get('written_averages', 0)} averages")
     if summary["planned_morphs"] != summary["written_morphs"]:
         problems.append(f"planned {summary['planned_morphs']} morphs, wrote {summary['written_morphs']}")
     if summary["inputs"] != summary["accepted"] + summary["rejected"]:
@@ -194,6 +183,7 @@ def check_books(summary: dict) -> None:
 
 def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
+    print(f"averages: identities with enough photos {summary['identities_with_enough_photos']} = written {summary['written_averages']}", file=stream)
     print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
     for reason, count in summary["rejected_by_reason"].items():
         print(f"  rejected {reason}: {count}", file=stream)
@@ -226,10 +216,17 @@ def pipeline_options(beam_args) -> PipelineOptions:
 
 def run(input_path: str, output_dir: str, config: stages.PrepConfig, beam_args=(), num_shards=4, preview_count=8, flag_values=None) -> dict:
     """Runs the whole job and returns the summary (what main prints)."""
+    join = FileSystems.join
     photo_inputs = inputs.list_inputs(input_path)
     logging.info("data prep: %d inputs from %s", len(photo_inputs), input_path)
     if not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
+    # Shard counts can differ between runs (morphs are sharded by bundle): records of an earlier
+    # run in the same folder would be read together with this one's, so they go first.
+    stale = [m.path for pattern in ("train-*.tfrecord", "validation-*.tfrecord") for m in FileSystems.match([join(output_dir, pattern)])[0].metadata_list]
+    if stale:
+        logging.warning("data prep: removing %d record files of an earlier run in %s", len(stale), output_dir)
+        FileSystems.delete(stale)
     start = time.time()
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
         build_pipeline(pipeline, photo_inputs, output_dir, config, num_shards, preview_count)

@@ -8,8 +8,10 @@ Every photo that does not end in an average is emitted on the `rejected` output 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import io
 import logging
 
 import apache_beam as beam
@@ -155,7 +157,7 @@ class ProcessPhoto(beam.DoFn):
             )
         aligned = alignment.align_face(image, points, config.size, config.interocular)
         if config.apply_filters:
-            measures = filters.measure(aligned.image, aligned.landmarks)
+            measures = filters.measure(aligned.image, aligned.landmarks, source=(image, points))
             failure = filters.first_failure(measures, config.thresholds)
             if failure:
                 reason, value, threshold = failure
@@ -219,23 +221,85 @@ def decompose(face: Face, mean_landmarks) -> Face:
     return face
 
 
+# Morphs read their two parents from files, not from the pipeline. Carrying whole faces to each
+# morph through joins made every morph element ~1 MB and, on FnApiRunner (the local default),
+# materialized them all in the runner's memory between stages: 40,000 morphs were OOM-killed at
+# 16.5 GB, and at 6,000 a varying share of the morphs never reached the writer. Beam's own advice
+# ("store large blobs in external storage systems, and use PCollections to pass their metadata")
+# is what this does: a morph's element is its plan (a few numbers) until it is a serialized record.
+STAGING_FOLDER = "_staging_faces"
+
+
+def staged_face_path(staging_dir: str, key: str) -> str:
+    """Where a decomposed face is staged: a hash of its key, so any identity name is a safe file name."""
+    return FileSystems.join(staging_dir, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
+
+
+class StageFace(beam.DoFn):
+    """Writes a decomposed face's texture and landmarks for MakeMorph, then emits its descriptor
+    entry (split, (key, landmark part, texture part)) for planning. Planning groups these, so every
+    face is on disk before any morph is planned, hence before any morph reads it."""
+
+    def __init__(self, staging_dir: str):
+        self.staging_dir = staging_dir
+
+    def process(self, face: Face):
+        buffer = io.BytesIO()
+        np.savez(buffer, texture=face.texture, landmarks=np.asarray(face.landmarks, np.float64), identity=face.identity, split=face.split)
+        with FileSystems.create(staged_face_path(self.staging_dir, face.key)) as file:
+            file.write(buffer.getvalue())
+        landmark_part, texture_part = morph.face_descriptor(face.texture, face.landmarks)
+        yield face.split, (face.key, landmark_part, texture_part)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A serialized FaceRecord with what the job counts and samples it by."""
+
+    split: str
+    kind: str
+    key: str
+    data: bytes
+
+
+def to_record(face: Face) -> Record:
+    from normalized_faces.data import FaceRecord, serialize_record
+
+    return Record(face.split, face.kind, face.key, serialize_record(FaceRecord(face.image, face.texture, face.landmarks, face.identity, face.kind, face.parents)))
+
+
 class MakeMorph(beam.DoFn):
-    """Stage 7: one morph from its plan and its two parent faces."""
+    """Stage 7: one morph (as a serialized Record) from its plan; parents read from the staged faces."""
 
-    def __init__(self, config: PrepConfig):
+    CACHED_PARENTS = 64  # ~150 KB each: a bounded cache, whatever the dataset's size
+
+    def __init__(self, config: PrepConfig, staging_dir: str):
         self.config = config
+        self.staging_dir = staging_dir
 
-    def process(self, element, mean_landmarks):
-        plan, seed_face, target_face = element
+    def setup(self):
+        self._parents = collections.OrderedDict()
+
+    def _parent(self, key):
+        if key in self._parents:
+            self._parents.move_to_end(key)
+            return self._parents[key]
+        path = staged_face_path(self.staging_dir, key)
+        with FileSystems.open(path) as file:
+            staged = np.load(io.BytesIO(file.read()))
+            parent = (staged["texture"], staged["landmarks"], str(staged["identity"]), str(staged["split"]))
+        self._parents[key] = parent
+        if len(self._parents) > self.CACHED_PARENTS:
+            self._parents.popitem(last=False)
+        return parent
+
+    def process(self, plan, mean_landmarks):
+        seed_texture, seed_landmarks, seed_identity, split = self._parent(plan.seed)
+        target_texture, target_landmarks, target_identity, _ = self._parent(plan.target)
         compositor = morph.compositor_for(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
-        image, texture, points = morph.make_morph(
-            plan, (seed_face.texture, seed_face.landmarks), (target_face.texture, target_face.landmarks), np.asarray(mean_landmarks), compositor
-        )
+        image, texture, points = morph.make_morph(plan, (seed_texture, seed_landmarks), (target_texture, target_landmarks), np.asarray(mean_landmarks), compositor)
         _count("morphs")
-        yield Face(
-            f"morph-{seed_face.split}-{plan.morph_id:08d}", seed_face.identity, "morph", image, points,
-            [seed_face.identity, target_face.identity], seed_face.split, texture,
-        )
+        yield to_record(Face(f"morph-{split}-{plan.morph_id:08d}", seed_identity, "morph", image, points, [seed_identity, target_identity], split, texture))
 
 
 def plan_split_morphs(element, total_faces, config: PrepConfig):
