@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import posixpath
 
 from apache_beam.io.filesystems import FileSystems
@@ -30,9 +31,29 @@ def _join(root, *parts):
     return FileSystems.join(root, *parts) if "://" in root else posixpath.join(root, *parts)
 
 
+def _list_local_folder(root: str) -> list:
+    """list_folder on a local disk, following symbolic links: identity folders linked in from
+    elsewhere (a usual way to pick a subset of a dataset) and linked photos count like real ones.
+    Only two levels are read (<identity>/<photo>), so a link cycle cannot make the walk loop; a
+    dangling link is listed and rejected as unreadable by the job, with its path."""
+    inputs = []
+    for folder in sorted(os.scandir(root), key=lambda e: e.name):
+        if folder.name.startswith(".") or not folder.is_dir():  # is_dir follows links
+            continue
+        for entry in sorted(os.scandir(folder.path), key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.is_dir():
+                continue
+            inputs.append(PhotoInput(posixpath.join(root, folder.name, entry.name), folder.name))
+    return inputs
+
+
 def list_folder(root: str) -> list:
     """Every file below <root>/<identity>/ (any name: non-images are rejected later, not skipped)."""
     root = root.rstrip("/")
+    if "://" not in root:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: no such folder")
+        return _list_local_folder(root)
     matches = FileSystems.match([_join(root, "*", "*")])[0].metadata_list
     inputs = []
     for metadata in matches:
