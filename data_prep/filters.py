@@ -7,9 +7,11 @@ these are local equivalents, each a number compared to a threshold (a pipeline f
   mouth open   inner-lip gap / mouth width
   smile        how far the mouth corners sit above the lips' centre line, / mouth width
   eyes closed  eye aspect ratio (lid gap / eye width), the more open eye
-  blur         variance of the Laplacian of the grey face region
+  blur         variance of the Laplacian of the grey face region, at the photo's own resolution
+               (the aligned crop upsamples small faces, which would read as blur)
   monochrome   mean chroma (distance from grey in YCrCb) of the face region
-Eyeglasses have no reliable landmark-based measure and are not filtered (the paper did).
+  eyeglasses   horizontal-edge strength on the nose bridge between the eyes (where a frame's
+               bridge sits) relative to the face's, see `glasses`
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import cv2
 import numpy as np
 
+from normalized_faces import alignment
 from normalized_faces import landmarks as lm
 
 # A generic 3-D face (millimetres, x right, y up, z towards the camera; nose tip at the origin) for
@@ -47,16 +50,18 @@ _POSE_MODEL = np.array(
 
 @dataclasses.dataclass(frozen=True)
 class FilterThresholds:
-    """Defaults chosen on 100 LFW photos (tests/test_data_prep.py prints their measures): they keep
-    near-frontal, closed-mouth, unblurred colour faces and drop the clear cases."""
+    """Defaults calibrated on LFW's train people (5,301 photos with a face; never the test people)
+    with contact sheets of the photos just inside and just outside each threshold
+    (benchmarks/filter_calibration.py; README "Data prep filters" has the acceptance figures)."""
 
-    max_yaw: float = 25.0  # degrees (the generic 3-D model reads LFW's frontal photos within ~+-10)
+    max_yaw: float = 27.0  # degrees: at 25 the dropped looked near-frontal, at 30 the kept looked turned
     max_pitch: float = 20.0  # degrees
-    max_mouth_open: float = 0.2  # inner-lip gap / mouth width (closed: < 0.1; talking: 0.2-0.6)
-    max_smile: float = 0.15  # corner lift / mouth width (neutral: -0.05..0.1)
+    max_mouth_open: float = 0.2  # inner-lip gap / mouth width (closed: < 0.1; talking, toothy smiles: 0.2-0.6)
+    max_smile: float = 0.15  # corner lift / mouth width (neutral: -0.05..0.1; the dropped side at 0.15: smiles)
     min_eye_open: float = 0.15  # eye aspect ratio (open: 0.2-0.45)
-    min_sharpness: float = 20.0  # Laplacian variance of 0..255 grey (LFW's upsampled crops: 10-200)
+    min_sharpness: float = 15.0  # Laplacian variance of 0..255 grey at the photo's resolution (LFW: 5%-95% 33-209)
     min_chroma: float = 4.0  # mean |(Cr, Cb) - 128| of 0..255 (colour faces: 15-50; grey: 0)
+    max_glasses: float = 1.0  # bridge edge / face edge: above 1.0 nearly all wear glasses; thin frames score lower and pass
 
 
 def head_pose(aligned_landmarks: np.ndarray, size: int = lm.ALIGNED_SIZE) -> tuple[float, float]:
@@ -117,17 +122,54 @@ def chroma(image: np.ndarray, points: np.ndarray) -> float:
     return float(np.hypot(ycrcb[..., 1][mask] - 128.0, ycrcb[..., 2][mask] - 128.0).mean())
 
 
-def measure(image: np.ndarray, points: np.ndarray) -> dict:
-    """All the filter measures of one aligned face (uint8 RGB image, its 68 landmarks)."""
+def source_resolution_crop(photo: np.ndarray, photo_points: np.ndarray, size: int = lm.ALIGNED_SIZE, interocular: float = lm.INTEROCULAR_DISTANCE):
+    """The aligned crop's framing at no more than the photo's own scale (downsampled, never
+    upsampled): what sharpness is measured on, so a small sharp face does not read as blurry."""
+    right, left = lm.eye_centers(np.asarray(photo_points, np.float64))
+    scale = min(1.0, float(np.linalg.norm(left - right)) / interocular)
+    return alignment.align_face(photo, photo_points, max(16, int(round(size * scale))), interocular * scale)
+
+
+def glasses(image: np.ndarray, points: np.ndarray) -> float:
+    """Eyeglasses: mean |vertical gradient| on the nose bridge between the inner eye corners, at
+    and just above eye level (where a frame's bridge crosses the nose), over the mean gradient
+    magnitude of the whole face region. Bare skin there is smooth (~0.3-0.6); a bridge is a
+    horizontal edge across it."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    dy = np.abs(cv2.Sobel(grey, cv2.CV_64F, 0, 1, ksize=3))
+    dx = np.abs(cv2.Sobel(grey, cv2.CV_64F, 1, 0, ksize=3))
+    inner_right, inner_left = points[39], points[42]
+    width = inner_left[0] - inner_right[0]
+    x0, x1 = int(round(inner_right[0] + 0.25 * width)), int(round(inner_left[0] - 0.25 * width))
+    eye_y = (inner_right[1] + inner_left[1]) / 2.0
+    brow_y = (points[21, 1] + points[22, 1]) / 2.0
+    y0, y1 = int(round(brow_y + 0.3 * (eye_y - brow_y))), int(round(eye_y + 0.15 * width))
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    face = np.hypot(dx, dy)[_face_mask(image.shape, points)].mean()
+    return float(dy[y0:y1, x0:x1].mean() / max(face, 1e-6))
+
+
+def measure(image: np.ndarray, points: np.ndarray, source=None) -> dict:
+    """All the filter measures of one aligned face (uint8 RGB image, its 68 landmarks).
+
+    source: (photo, its landmarks) the crop was aligned from; sharpness is then measured at the
+    photo's resolution (source_resolution_crop). Without it, on the crop as given.
+    """
     yaw, pitch = head_pose(points, image.shape[0])
+    sharp_image, sharp_points = image, points
+    if source is not None:
+        crop = source_resolution_crop(*source, size=image.shape[0])
+        sharp_image, sharp_points = crop.image, crop.landmarks
     return {
         "yaw": yaw,
         "pitch": pitch,
         "mouth_open": mouth_open(points),
         "smile": smile(points),
         "eye_open": eye_openness(points),
-        "sharpness": sharpness(image, points),
+        "sharpness": sharpness(sharp_image, sharp_points),
         "chroma": chroma(image, points),
+        "glasses": glasses(image, points),
     }
 
 
@@ -141,6 +183,7 @@ def first_failure(measures: dict, thresholds: FilterThresholds):
         ("eyes_closed", measures["eye_open"] < thresholds.min_eye_open, measures["eye_open"], thresholds.min_eye_open),
         ("mouth_open", measures["mouth_open"] > thresholds.max_mouth_open, measures["mouth_open"], thresholds.max_mouth_open),
         ("smiling", measures["smile"] > thresholds.max_smile, measures["smile"], thresholds.max_smile),
+        ("eyeglasses", measures["glasses"] > thresholds.max_glasses, measures["glasses"], thresholds.max_glasses),
     ]
     for reason, failed, value, threshold in checks:
         if failed:

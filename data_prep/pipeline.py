@@ -57,15 +57,16 @@ flags.DEFINE_float("max_pitch", _thresholds.max_pitch, "Filter: largest |pitch| 
 flags.DEFINE_float("max_mouth_open", _thresholds.max_mouth_open, "Filter: largest inner-lip gap / mouth width.")
 flags.DEFINE_float("max_smile", _thresholds.max_smile, "Filter: largest mouth-corner lift / mouth width.")
 flags.DEFINE_float("min_eye_open", _thresholds.min_eye_open, "Filter: smallest eye aspect ratio (closed eyes below ~0.15).")
-flags.DEFINE_float("min_sharpness", _thresholds.min_sharpness, "Filter: smallest variance of the Laplacian of the face (blur).")
+flags.DEFINE_float("min_sharpness", _thresholds.min_sharpness, "Filter: smallest variance of the Laplacian of the face at the photo's resolution (blur).")
 flags.DEFINE_float("min_chroma", _thresholds.min_chroma, "Filter: smallest mean chroma of the face (monochrome photos are ~0).")
+flags.DEFINE_float("max_glasses", _thresholds.max_glasses, "Filter: largest nose-bridge edge strength / the face's (eyeglasses; clear frames score > 1).")
 flags.DEFINE_integer("num_morphs", _defaults.num_morphs, "Random morphs to make (paper: 1,000,000); split between train and validation by size.")
 flags.DEFINE_integer("neighbours", _defaults.neighbours, "A morph's partner is one of the seed's k nearest faces (paper: 200).")
 flags.DEFINE_float("texture_weight", _defaults.texture_weight, "Neighbour distance mix: 0 = landmarks only, 1 = texture only (not stated in the paper).")
 flags.DEFINE_float("composite_blur", _defaults.composite_blur, "Gaussian sigma (px) softening the compositing mask (the mean landmarks' hull).")
 flags.DEFINE_float("validation_fraction", _defaults.validation_fraction, "Share of identities held out for validation.")
 flags.DEFINE_integer("seed", _defaults.seed, "Seed of the morph plan: the same seed and inputs give the same records.")
-flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.")
+flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split for the averages (morphs are written a shard per worker bundle, without holding them in memory).")
 flags.DEFINE_integer("preview_count", 8, "Averages and morphs shown in preview.png.")
 flags.mark_flags_as_required(["input", "output_dir"])
 
@@ -82,7 +83,8 @@ def config_from_flags() -> stages.PrepConfig:
         max_pixels=FLAGS.max_pixels,
         min_side=FLAGS.min_side,
         thresholds=filters.FilterThresholds(
-            FLAGS.max_yaw, FLAGS.max_pitch, FLAGS.max_mouth_open, FLAGS.max_smile, FLAGS.min_eye_open, FLAGS.min_sharpness, FLAGS.min_chroma
+            max_yaw=FLAGS.max_yaw, max_pitch=FLAGS.max_pitch, max_mouth_open=FLAGS.max_mouth_open, max_smile=FLAGS.max_smile,
+            min_eye_open=FLAGS.min_eye_open, min_sharpness=FLAGS.min_sharpness, min_chroma=FLAGS.min_chroma, max_glasses=FLAGS.max_glasses,
         ),
         apply_filters=FLAGS.filters,
         num_morphs=FLAGS.num_morphs,
