@@ -39,6 +39,10 @@ flags.DEFINE_list("landmark_hidden", [str(h) for h in _d.landmark_hidden], "Hidd
 flags.DEFINE_enum("texture_decoder", _d.texture_decoder, ["cnn", "fc"], "cnn: the paper's transposed-conv decoder; fc: its fully connected ablation.")
 flags.DEFINE_integer("texture_base_channels", _d.texture_base_channels, "Channels at 14 x 14 in the CNN decoder (paper: 256).")
 flags.DEFINE_integer("texture_min_channels", _d.texture_min_channels, "Smallest channel count in the CNN decoder (paper: 32).")
+flags.DEFINE_enum(
+    "texture_upsampling", _d.texture_upsampling, ["resize", "transpose"],
+    "CNN decoder upsampling: resize (bilinear x2 + 3x3 conv; no checkerboard) or transpose (the paper's 5x5 stride-2 deconvs).",
+)
 flags.DEFINE_integer("texture_fc_size", None, "Resolution of the fc decoder's output before resizing (default: the image size).")
 flags.DEFINE_integer("flow_stride", _d.flow_stride, "1: exact spline warp; s > 1: coarse flow (faster, see README).")
 flags.DEFINE_enum("strategy", _d.strategy, list(train.STRATEGIES), "tf.distribute strategy; multi_worker_mirrored reads TF_CONFIG.")
@@ -82,7 +86,7 @@ flags.DEFINE_integer(
 _FLAG_TO_FIELD = (
     "data_dir", "model_dir", "encoder", "encoder_weights", "batch_size", "train_steps", "learning_rate", "landmark_weight",
     "texture_weight", "identity_weight", "feature_dim", "texture_decoder", "texture_base_channels", "texture_min_channels",
-    "texture_fc_size", "flow_stride", "strategy", "tpu", "precision", "jit_compile", "seed", "checkpoint_interval",
+    "texture_fc_size", "texture_upsampling", "flow_stride", "strategy", "tpu", "precision", "jit_compile", "seed", "checkpoint_interval",
     "summary_interval", "validation_interval", "validation_steps", "nonfinite", "encoder_cache", "identity_render", "optimizer", "identity_flow_stride",
 )
 

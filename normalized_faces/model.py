@@ -23,6 +23,13 @@ from normalized_faces import warp
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 TEXTURE_DECODERS = ("cnn", "fc")
+# How the CNN texture decoder doubles its resolution. "transpose" is the paper's 5 x 5 stride-2
+# transposed convolution; its kernel is not divisible by its stride, so output pixels receive
+# unevenly many contributions and the texture shows a period-2 checkerboard (Odena et al. 2016,
+# "Deconvolution and Checkerboard Artifacts"): measured on the demo model, the energy at the
+# period-2 frequencies was 15-18x that of the neighbouring band. "resize" (bilinear x2, then a
+# 3 x 3 convolution) cannot make that pattern, at ~1.4x the transposed convolution's FLOPs.
+TEXTURE_UPSAMPLINGS = ("transpose", "resize")
 # How the identity loss renders the face it encodes: "chip" samples the encoder's chip straight from
 # the texture (warp.sparse_image_warp_chip; faster, one interpolation); "frame" renders the whole
 # aligned frame and lets the encoder re-frame it (two interpolations; the behaviour before).
@@ -93,6 +100,30 @@ class LandmarkDecoder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
+class ResizeConv(keras.layers.Layer):
+    """[B, H, W, C] -> [B, 2H, 2W, channels]: bilinear x2 upsampling, then a 3 x 3 convolution."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.conv = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv")
+
+    def build(self, input_shape):
+        self.conv.build((input_shape[0], None, None, input_shape[-1]))
+
+    def call(self, x):
+        size = tf.shape(x)[1:3] * 2
+        return self.conv(tf.image.resize(x, size, method="bilinear"))
+
+    def compute_output_shape(self, input_shape):
+        double = lambda n: None if n is None else 2 * n  # noqa: E731
+        return (input_shape[0], double(input_shape[1]), double(input_shape[2]), self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
 class TextureDecoder(keras.layers.Layer):
     """[B, D] -> texture [B, S, S, 3].
 
@@ -100,14 +131,18 @@ class TextureDecoder(keras.layers.Layer):
     separated by ReLU up to 224 x 224, channels max(base / 2^i, min_channels) (paper: base 256,
     min 32), then a 1 x 1 conv to RGB. kind="fc" (the paper's ablation): one fully connected layer
     to fc_size x fc_size x 3, bilinearly resized to S if smaller.
+    upsampling="resize" replaces each transposed conv by ResizeConv (see TEXTURE_UPSAMPLINGS).
     The output is linear, as in the paper (targets are in [0, 1]).
     """
 
-    def __init__(self, kind="cnn", size=224, base_channels=256, min_channels=32, fc_size=None, **kwargs):
+    def __init__(self, kind="cnn", size=224, base_channels=256, min_channels=32, fc_size=None, upsampling="transpose", **kwargs):
         super().__init__(**kwargs)
         if kind not in TEXTURE_DECODERS:
             raise ValueError(f"texture decoder kind must be one of {TEXTURE_DECODERS}, got {kind!r}")
+        if upsampling not in TEXTURE_UPSAMPLINGS:
+            raise ValueError(f"texture upsampling must be one of {TEXTURE_UPSAMPLINGS}, got {upsampling!r}")
         self.kind = kind
+        self.upsampling = upsampling
         self.size = int(size)
         self.base_channels = int(base_channels)
         self.min_channels = int(min_channels)
@@ -119,7 +154,11 @@ class TextureDecoder(keras.layers.Layer):
             self.project = keras.layers.Dense(self.start * self.start * self.base_channels, name="project")
             for i in range(1, 5):  # one attribute per layer, as in LandmarkDecoder
                 channels = max(self.base_channels // 2 ** i, self.min_channels)
-                setattr(self, f"deconv_{i}", keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name=f"deconv_{i}"))
+                if upsampling == "transpose":
+                    layer = keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name=f"deconv_{i}")
+                else:
+                    layer = ResizeConv(channels, name=f"upconv_{i}")
+                setattr(self, f"deconv_{i}", layer)
             self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb")
         else:
             self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project")
@@ -159,6 +198,7 @@ class TextureDecoder(keras.layers.Layer):
             "base_channels": self.base_channels,
             "min_channels": self.min_channels,
             "fc_size": self.fc_size,
+            "upsampling": self.upsampling,
         }
 
 
@@ -189,6 +229,7 @@ class NormalizedFaceModel(keras.Model):
         texture_base_channels=256,
         texture_min_channels=32,
         texture_fc_size=None,
+        texture_upsampling="transpose",
         image_size=224,
         landmark_weight=100.0,
         texture_weight=1.0,
@@ -212,7 +253,7 @@ class NormalizedFaceModel(keras.Model):
         self.head = EncoderHead(feature_dim, name="head")
         self.landmark_decoder = LandmarkDecoder(self.mean_landmarks, landmark_hidden, name="landmark_decoder")
         self.texture_decoder = TextureDecoder(
-            texture_decoder, self.image_size, texture_base_channels, texture_min_channels, texture_fc_size, name="texture_decoder"
+            texture_decoder, self.image_size, texture_base_channels, texture_min_channels, texture_fc_size, texture_upsampling, name="texture_decoder"
         )
         self.renderer = warp.SparseImageWarp(order=1, num_boundary_points=4, flow_stride=flow_stride, name="renderer")
         self.landmark_weight = float(landmark_weight)
@@ -347,6 +388,7 @@ class NormalizedFaceModel(keras.Model):
             "texture_base_channels": self.texture_decoder.base_channels,
             "texture_min_channels": self.texture_decoder.min_channels,
             "texture_fc_size": self.texture_decoder.fc_size,
+            "texture_upsampling": self.texture_decoder.upsampling,
             "image_size": self.image_size,
             "landmark_weight": self.landmark_weight,
             "texture_weight": self.texture_weight,

@@ -55,6 +55,9 @@ class TrainConfig:
     texture_base_channels: int = 256
     texture_min_channels: int = 32
     texture_fc_size: int | None = None
+    # "resize" (bilinear x2 + 3 x 3 conv) rather than the paper's 5 x 5 stride-2 transposed convs,
+    # whose uneven overlap printed a checkerboard on every texture (model.TEXTURE_UPSAMPLINGS).
+    texture_upsampling: str = "resize"
     flow_stride: int = 1
     identity_render: str = "chip"  # "frame": render the full face, then re-frame it for the encoder (slower)
     identity_flow_stride: int = 2  # flow stride of the identity loss's chip (training only; outputs stay exact)
@@ -95,6 +98,7 @@ class TrainConfig:
 # Settings that change the model's variables: a resumed run must not silently change them.
 ARCHITECTURE_KEYS = (
     "encoder", "feature_dim", "landmark_hidden", "texture_decoder", "texture_base_channels", "texture_min_channels", "texture_fc_size",
+    "texture_upsampling",
 )
 
 
@@ -187,6 +191,7 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
         texture_base_channels=config.texture_base_channels,
         texture_min_channels=config.texture_min_channels,
         texture_fc_size=config.texture_fc_size,
+        texture_upsampling=config.texture_upsampling,
         image_size=image_size,
         landmark_weight=config.landmark_weight,
         texture_weight=config.texture_weight,
@@ -328,6 +333,7 @@ def _write_config(config: TrainConfig, model_dir: pathlib.Path, is_chief: bool) 
     resolved["landmark_hidden"] = list(config.landmark_hidden)
     if path.exists():
         previous = json.loads(path.read_text())
+        previous.setdefault("texture_upsampling", "transpose")  # runs from before the choice existed
         changed = [k for k in ARCHITECTURE_KEYS if previous.get(k) != resolved.get(k)]
         if changed:
             raise ValueError(

@@ -108,3 +108,27 @@ def write_png(path, image) -> None:
     path = str(path)
     if not cv2.imwrite(path, cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {path}")
+
+
+def checkerboard_ratio(image, band: int = 6) -> float:
+    """Power at the period-2 frequencies over the mean power of the `band` frequencies just below.
+
+    image: [S, S(, C)], S even. Natural images and smooth renders give well under 1 (power falls
+    with frequency); a transposed-convolution checkerboard concentrates power at period 2 and
+    gives many times 1 (the demo model's textures: 15-18).
+    """
+    gray = np.asarray(image, np.float64)
+    gray = gray.mean(axis=-1) if gray.ndim == 3 else gray
+    power = np.abs(np.fft.fft2(gray - gray.mean())) ** 2
+    half = gray.shape[0] // 2
+    nyquist = power[half, :].sum() + power[:, half].sum()
+    below = power[half - band - 2: half - 2, :].sum() / band + power[:, half - band - 2: half - 2].sum() / band
+    return float(nyquist / below)
+
+
+def label_image(image, text: str) -> np.ndarray:
+    """A copy of the image with `text` written on a white strip at its top."""
+    image = to_uint8(image).copy()
+    cv2.rectangle(image, (0, 0), (image.shape[1], 16), (255, 255, 255), -1)
+    cv2.putText(image, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return image
