@@ -14,6 +14,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     py_modules=["train_main"],
+    # The shipped model (normalized_faces/pretrained) and the bundled sample photos travel with the package.
+    package_data={"normalized_faces": ["pretrained/*.json", "pretrained/*.npz", "pretrained/*.png", "pretrained/*.md", "samples/*.jpg", "samples/*.md"]},
     packages=find_packages(include=["normalized_faces", "normalized_faces.*", "data_prep", "data_prep.*", "export", "export.*"]),
     install_requires=[
         # Keras 3 (TF backend). Never tensorflow-addons: it cannot be imported with Keras 3.

@@ -110,9 +110,12 @@ def next_version(export_dir: pathlib.Path) -> int:
 
 
 def export(model_dir, export_dir, version: int | None = None, model_name: str = "normalized_faces", overwrite: bool = False) -> pathlib.Path:
-    """Exports the latest checkpoint of a training run. Returns export_dir/version."""
+    """Exports the latest checkpoint of a training run, or (model_dir None) the shipped model. Returns export_dir/version."""
+    from normalized_faces import pretrained
+
     export_dir = pathlib.Path(export_dir)
-    model = inference.restore_training_model(model_dir)
+    model = inference.restore_keras_model(model_dir)
+    source_dir = pretrained.PRETRAINED_DIR if model_dir is None else pathlib.Path(model_dir)
     version = version or next_version(export_dir)
     target = export_dir / str(version)
     if target.exists() and not overwrite:
@@ -128,8 +131,8 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
         write_warmup_requests(staging / "assets.extra" / "tf_serving_warmup_requests", model_name, model.image_size)
         threshold = model.encoder.threshold
         metadata = {
-            "model_dir": str(pathlib.Path(model_dir).resolve()),
-            "checkpoint": tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints")),
+            "model_dir": pretrained.SOURCE if model_dir is None else str(source_dir.resolve()),
+            "checkpoint": None if model_dir is None else tf.train.latest_checkpoint(str(source_dir / "checkpoints")),
             "encoder": type(model.encoder).__name__,
             "encoder_name": model.encoder.encoder_name,
             "image_size": model.image_size,
@@ -137,7 +140,7 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
             "threshold": {"value": threshold.value, "output": threshold.output, "distance": threshold.distance, "source": threshold.source},
         }
         (staging / inference.EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
-        mean_face = pathlib.Path(model_dir) / MEAN_FACE_FILE
+        mean_face = source_dir / MEAN_FACE_FILE
         if mean_face.exists():  # evaluation's baseline travels with the model
             shutil.copyfile(mean_face, staging / inference.EXPORT_MEAN_FACE)
         if target.exists():
@@ -153,7 +156,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model_dir", None, "A training run (train_main.py's --model_dir).")
+    flags.DEFINE_string("model_dir", None, "A training run (train_main.py's --model_dir); default: the model shipped with the package.")
     flags.DEFINE_string("export_dir", None, "Base folder; the model goes to export_dir/<version>/ as TF Serving expects.")
     flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).")
     flags.DEFINE_string("model_name", "normalized_faces", "Model name used in the warm-up requests (TF Serving's --model_name).")
@@ -162,8 +165,8 @@ def define_flags():
 
 def main(argv):
     del argv
-    if not FLAGS.model_dir or not FLAGS.export_dir:
-        raise app.UsageError("--model_dir and --export_dir are required")
+    if not FLAGS.export_dir:
+        raise app.UsageError("--export_dir is required")
     target = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version, FLAGS.model_name, FLAGS.overwrite)
     print(f"exported {target}")
     print(f"inspect: saved_model_cli show --dir {target} --all")

@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model", None, "Exported SavedModel (version or base folder) or a training model_dir.")
+    flags.DEFINE_string("model", None, "Exported SavedModel (version or base folder) or a training model_dir; default: the model shipped with the package.")
     flags.DEFINE_string("output_dir", None, "Where normalized faces and grid.png go.")
     flags.DEFINE_string("manifest", None, "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).")
     flags.DEFINE_bool("adjust_colors", False, "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).")
@@ -151,8 +151,8 @@ def run(
 
 
 def main(argv):
-    if not FLAGS.model or not FLAGS.output_dir:
-        raise app.UsageError("--model and --output_dir are required")
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required")
     photos = argv[1:]
     if not photos and not FLAGS.manifest:
         raise app.UsageError("give photos (or --manifest)")

@@ -43,7 +43,7 @@ JUDGES = ("dlib_resnet", "facenet")
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model", None, "Exported SavedModel or training model_dir.")
+    flags.DEFINE_string("model", None, "Exported SavedModel or training model_dir; default: the model shipped with the package.")
     flags.DEFINE_string("photos", None, "Folder <root>/<identity>/<photo> of test photos.")
     flags.DEFINE_string("manifest", None, "Or a manifest (.jsonl/.csv) with path, identity, landmarks.")
     flags.DEFINE_string("output_dir", None, "Where the histograms and report.json go.")
@@ -291,8 +291,8 @@ def items_from(photos=None, manifest=None):
 
 def main(argv):
     del argv
-    if not FLAGS.model or not FLAGS.output_dir or not (FLAGS.photos or FLAGS.manifest):
-        raise app.UsageError("--model, --output_dir and --photos (or --manifest) are required")
+    if not FLAGS.output_dir or not (FLAGS.photos or FLAGS.manifest):
+        raise app.UsageError("--output_dir and --photos (or --manifest) are required")
     evaluate(FLAGS.model, items_from(FLAGS.photos, FLAGS.manifest), FLAGS.output_dir, FLAGS.detector, FLAGS.judges)
 
 

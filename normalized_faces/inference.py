@@ -1,6 +1,6 @@
-"""Loading a trained model for inference: from a training run's model_dir or an exported SavedModel.
+"""Loading a trained model for inference: a training run's model_dir, an exported SavedModel, or the shipped model.
 
-    model = load_model(path)      # either kind of folder
+    model = load_model(path)      # either kind of folder; load_model() is the shipped model
     outputs = model(aligned)      # aligned [B, 224, 224, 3] float32 in [0, 1]
     outputs["normalized_face"]    # [B, 224, 224, 3] uint8, plus landmarks, texture, embedding, descriptor
 
@@ -75,17 +75,29 @@ def latest_version(export_dir) -> pathlib.Path:
 
 
 class LoadedModel:
-    """A uniform callable over a training run or an exported SavedModel.
+    """A uniform callable over a training run, an exported SavedModel or the shipped model (path None).
 
-    Attributes: kind ("checkpoint" | "saved_model"), source, image_size, threshold (the training
+    Attributes: kind ("checkpoint" | "saved_model" | "pretrained"), source, image_size, threshold (the training
     encoder's VerificationThreshold), encoder_name (get_encoder's name of the training encoder),
     mean_face ([S, S, 3] uint8 mean of the training textures, or None for runs made before it was
     kept), metadata (export metadata).
     """
 
-    def __init__(self, path):
-        path = pathlib.Path(path)
+    def __init__(self, path=None):
         self.metadata = {}
+        if path is None:  # the model shipped inside the package
+            from normalized_faces import pretrained
+
+            self.kind = "pretrained"
+            self.keras_model = pretrained.build_model()
+            self.image_size = self.keras_model.image_size
+            self.threshold = self.keras_model.encoder.threshold
+            self.encoder_name = self.keras_model.encoder.encoder_name
+            self.mean_face = _read_png(pretrained.PRETRAINED_DIR / pretrained.MEAN_FACE_FILE)
+            self._call = lambda images: model_outputs(self.keras_model, images)
+            self.source = pretrained.SOURCE
+            return
+        path = pathlib.Path(path)
         if (path / MODEL_CONFIG_FILE).exists():
             self.kind = "checkpoint"
             self.keras_model = restore_training_model(path)
@@ -118,5 +130,15 @@ class LoadedModel:
         return {k: v.numpy() for k, v in self._call(images).items()}
 
 
-def load_model(path) -> LoadedModel:
+def load_model(path=None) -> LoadedModel:
+    """A training run, an exported SavedModel, or (None) the model shipped with the package."""
     return LoadedModel(path)
+
+
+def restore_keras_model(model_dir=None) -> NormalizedFaceModel:
+    """The Keras model of a training run, or (None) the shipped one."""
+    if model_dir is None:
+        from normalized_faces import pretrained
+
+        return pretrained.build_model()
+    return restore_training_model(model_dir)
