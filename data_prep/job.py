@@ -109,7 +109,7 @@ def _read_text(path):
         return file.read().decode()
 
 
-def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, seconds: float) -> dict:
+def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, seconds: float, speeds=None) -> dict:
     """After the pipeline: metadata.json and preview.png from its small side outputs; prints the summary."""
     from data_prep import preview
     from normalized_faces.data import METADATA_FILE
@@ -130,6 +130,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         "rejected": sum(rejected.values()),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "records": dict(sorted(records.items())),
+        "seconds": round(seconds, 1),
+        "stage_speeds": speeds or {},
     }
     import apache_beam
     import cv2
@@ -189,6 +191,10 @@ def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
         print(f"  rejected {reason}: {count}", file=stream)
     for key, count in summary["records"].items():
         print(f"  records {key}: {count}", file=stream)
+    if summary.get("stage_speeds"):
+        print(f"time: {summary['seconds']:.0f} s wall-clock; per stage (CPU time summed over workers):", file=stream)
+        for name, speed in summary["stage_speeds"].items():
+            print(f"  {name:<12} {speed['items']:6d} items {speed['cpu_seconds']:8.1f} s  {speed['per_second_per_worker']} /s per worker", file=stream)
     print(f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, {pathlib.Path(summary['preview']).name}", file=stream)
 
 
@@ -228,8 +234,32 @@ def run(input_path: str, output_dir: str, config: stages.PrepConfig, beam_args=(
         logging.warning("data prep: removing %d record files of an earlier run in %s", len(stale), output_dir)
         FileSystems.delete(stale)
     start = time.time()
-    with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        build_pipeline(pipeline, photo_inputs, output_dir, config, num_shards, preview_count)
-    return finish(output_dir, config, flag_values or {}, time.time() - start)
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+    build_pipeline(pipeline, photo_inputs, output_dir, config, num_shards, preview_count)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return finish(output_dir, config, flag_values or {}, time.time() - start, stage_speeds(result))
+
+
+def stage_speeds(result) -> dict:
+    """{stage: {"items", "cpu_seconds", "per_second_per_worker"}} from the stages' timers (stages.timed),
+    or {} where the runner reports no distributions."""
+    try:
+        distributions = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(stages.NAMESPACE))["distributions"]
+    except Exception:  # noqa: BLE001 - metrics are a report, never a reason to fail the job
+        return {}
+    speeds = {}
+    for result_entry in distributions:
+        name = result_entry.key.metric.name
+        if not name.startswith("ms_"):
+            continue
+        value = result_entry.committed or result_entry.attempted
+        entry = speeds.setdefault(name[3:], {"items": 0, "cpu_seconds": 0.0})
+        entry["items"] += value.count
+        entry["cpu_seconds"] += value.sum / 1000.0
+    for entry in speeds.values():
+        entry["per_second_per_worker"] = round(entry["items"] / entry["cpu_seconds"], 2) if entry["cpu_seconds"] else None
+        entry["cpu_seconds"] = round(entry["cpu_seconds"], 1)
+    return {name: speeds[name] for name in stages.STAGE_TIMERS if name in speeds}
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -87,6 +88,27 @@ def _count(name):
     Metrics.counter(NAMESPACE, name).inc()
 
 
+# Per-stage CPU time (milliseconds per item, as Beam distributions): job.stage_speeds turns them
+# into items per second per worker, which the summary prints beside the job's wall-clock time.
+STAGE_TIMERS = ("read_decode", "detect", "align_filter", "average", "stage_face", "morph", "serialize")
+
+
+class _Timer:
+    def __init__(self, name):
+        self.distribution = Metrics.distribution(NAMESPACE, f"ms_{name}")
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.distribution.update(int(round(1000 * (time.perf_counter() - self.start))))
+
+
+def timed(name):
+    """with timed("detect"): ... records the block's milliseconds under one of STAGE_TIMERS."""
+    return _Timer(name)
+
+
 class ProcessPhoto(beam.DoFn):
     """Stages 1-4 for one photo: (identity, AlignedPhoto) on the main output, or a rejection."""
 
@@ -128,20 +150,22 @@ class ProcessPhoto(beam.DoFn):
     def process_one(self, photo) -> AlignedPhoto:
         """Read, decode, locate, align and filter one photo; raises RejectedPhoto."""
         config = self.config
-        try:
-            with FileSystems.open(photo.path) as file:
-                data = file.read()
-        except Exception as error:  # noqa: BLE001
-            raise decode.RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
-        try:
-            image = decode.decode_photo(data, config.max_pixels, config.min_side)
-        except decode.RejectedPhoto as rejected:
-            rejected.values["stage"] = "decode"
-            raise
+        with timed("read_decode"):
+            try:
+                with FileSystems.open(photo.path) as file:
+                    data = file.read()
+            except Exception as error:  # noqa: BLE001
+                raise decode.RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
+            try:
+                image = decode.decode_photo(data, config.max_pixels, config.min_side)
+            except decode.RejectedPhoto as rejected:
+                rejected.values["stage"] = "decode"
+                raise
         if photo.landmarks is not None:
             points = np.asarray(photo.landmarks, np.float64).reshape(lm.NUM_LANDMARKS, 2)
         else:
-            faces = self._detect(image)
+            with timed("detect"):
+                faces = self._detect(image)
             if not faces:
                 raise decode.RejectedPhoto("no_face", f"{config.detector} detector found no face", stage="detect")
             if len(faces) > 1:
@@ -155,6 +179,11 @@ class ProcessPhoto(beam.DoFn):
             raise decode.RejectedPhoto(
                 "face_too_small", f"eyes {interocular:.1f} px apart", stage="detect", value=interocular, threshold=config.min_face_interocular
             )
+        with timed("align_filter"):
+            return self._align_and_filter(photo, image, points)
+
+    def _align_and_filter(self, photo, image, points) -> AlignedPhoto:
+        config = self.config
         aligned = alignment.align_face(image, points, config.size, config.interocular)
         if config.apply_filters:
             measures = filters.measure(aligned.image, aligned.landmarks, source=(image, points))
@@ -186,7 +215,8 @@ class AverageIdentity(beam.DoFn):
                     ),
                 )
             return
-        image, mean = average_photos(photos)
+        with timed("average"):
+            image, mean = average_photos(photos)
         _count("identities_averaged")
         yield Face(identity, identity, "average", image, mean, [p.path for p in photos], split_of(identity, self.config.validation_fraction))
 
@@ -244,12 +274,17 @@ class StageFace(beam.DoFn):
         self.staging_dir = staging_dir
 
     def process(self, face: Face):
+        with timed("stage_face"):
+            entry = self._stage(face)
+        yield entry  # outside the timer: a yield runs the fused stages downstream
+
+    def _stage(self, face: Face):
         buffer = io.BytesIO()
         np.savez(buffer, texture=face.texture, landmarks=np.asarray(face.landmarks, np.float64), identity=face.identity, split=face.split)
         with FileSystems.create(staged_face_path(self.staging_dir, face.key)) as file:
             file.write(buffer.getvalue())
         landmark_part, texture_part = morph.face_descriptor(face.texture, face.landmarks)
-        yield face.split, (face.key, landmark_part, texture_part)
+        return face.split, (face.key, landmark_part, texture_part)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,12 +329,19 @@ class MakeMorph(beam.DoFn):
         return parent
 
     def process(self, plan, mean_landmarks):
+        with timed("morph"):
+            face = self._make(plan, mean_landmarks)
+        with timed("serialize"):
+            record = to_record(face)
+        yield record
+
+    def _make(self, plan, mean_landmarks) -> Face:
         seed_texture, seed_landmarks, seed_identity, split = self._parent(plan.seed)
         target_texture, target_landmarks, target_identity, _ = self._parent(plan.target)
         compositor = morph.compositor_for(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
         image, texture, points = morph.make_morph(plan, (seed_texture, seed_landmarks), (target_texture, target_landmarks), np.asarray(mean_landmarks), compositor)
         _count("morphs")
-        yield to_record(Face(f"morph-{split}-{plan.morph_id:08d}", seed_identity, "morph", image, points, [seed_identity, target_identity], split, texture))
+        return Face(f"morph-{split}-{plan.morph_id:08d}", seed_identity, "morph", image, points, [seed_identity, target_identity], split, texture)
 
 
 def plan_split_morphs(element, total_faces, config: PrepConfig):
