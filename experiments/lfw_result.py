@@ -1,0 +1,285 @@
+"""The project's real result, in one resumable command: LFW -> data prep -> two trainings -> evaluation -> figures.
+
+    python -m experiments.lfw_result [--lfw=../shared/faces/lfw] [--run_dir=runs/lfw_result] [--figures_dir=docs/results]
+
+1. data prep (the Beam job) on the train + validation people of the committed split
+   (experiments/lfw_split.py); the job's own hash split holds ~10% of them out for validation;
+2. training with the FaceNet encoder and the identity loss (RUN/with_identity);
+3. the paper's ablation (Fig. 12): the same without the identity loss (RUN/without_identity);
+4. evaluation of both on the test people (never trained on, never tuned on), judged by dlib's
+   network (which neither model was trained with) and by FaceNet, with the mean-face baseline;
+5. figures: a grid of test people (photo | normalized | adjusted | without identity loss), the
+   Fig. 12 histogram of FaceNet distances with and without the identity loss, results.md.
+
+Every stage skips what is already on disk (data prep's metadata.json, training's checkpoints,
+evaluation's report.json newer than its model), so a killed run continues with the same command.
+Each stage prints its wall-clock time; results.md collects them. LFW is experiment data only: the
+figures written to --figures_dir are small result figures, never photos on their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import signal
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from experiments import lfw_split  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("lfw", str(REPO.parent / "shared" / "faces" / "lfw"), "LFW deep-funneled, <Name>/<Name>_NNNN.jpg.")
+flags.DEFINE_string("run_dir", str(REPO / "runs" / "lfw_result"), "Everything the run writes (resumable).")
+flags.DEFINE_string("figures_dir", None, "Also copy the small result figures and results.md here (e.g. docs/results).")
+flags.DEFINE_integer("num_morphs", 20_000, "Random morphs data prep makes (the paper: 1M).")
+# The CPU recipe (README "Results" says how it was chosen). The paper's decoder has a 51M-weight
+# fully connected layer (14 x 14 x 256 from 1024 features): 100 MB in float16, beyond the 40 MB
+# the shipped model may take, and its 5 x 5 transposed convs at 224 px cost ~10 GFLOP a face.
+flags.DEFINE_integer("feature_dim", 512, "Width of the layer between the encoder's features and the decoders (paper: 1024).")
+flags.DEFINE_integer("texture_base_channels", 128, "Channels at 14 x 14 in the texture decoder (paper: 256).")
+flags.DEFINE_integer("batch_size", 16, "Batch size of both trainings.")
+flags.DEFINE_float("learning_rate", 3e-4, "Adam's learning rate.")
+flags.DEFINE_integer("train_steps", 6000, "Steps of the model with the identity loss.")
+flags.DEFINE_integer("ablation_steps", None, "Steps of the model without it (default: the same).")
+flags.DEFINE_float("identity_weight", 0.1, "Weight of the identity loss (the paper's value is our default).")
+flags.DEFINE_integer("test_photos_per_person", 5, "Test photos per test person (the first by name): bounds the evaluation's time.")
+flags.DEFINE_integer("grid_people", 8, "Test people in the result grid.")
+
+VARIANTS = {"with_identity": "with the identity loss", "without_identity": "without (ablation)"}
+
+
+def stage(name):
+    """Decorator: prints the stage's start, end and wall-clock time; records the time in RUN/times.json."""
+
+    def wrap(function):
+        def run(run_dir: pathlib.Path, *args, **kwargs):
+            print(f"== {name}", flush=True)
+            start = time.time()
+            did_work = True  # until the stage says it found its work done
+            try:
+                result, did_work = function(run_dir, *args, **kwargs)
+            finally:  # an interrupted stage's time counts too: a resumed stage adds to it
+                seconds = time.time() - start
+                if did_work:
+                    _add_time(run_dir, name, seconds)
+            print(f"== {name}: {'done' if did_work else 'already done'} in {seconds:.0f} s", flush=True)
+            return result
+
+        return run
+
+    return wrap
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _add_time(run_dir: pathlib.Path, name: str, seconds: float) -> None:
+    times_path = run_dir / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    times[name] = times.get(name, 0.0) + seconds
+    run_dir.mkdir(parents=True, exist_ok=True)
+    times_path.write_text(json.dumps(times, indent=2))
+
+
+def photo_manifest(people: dict, names, path: pathlib.Path, per_person=None) -> pathlib.Path:
+    """A data prep manifest (path, identity) of the given people's photos."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "identity"])
+        for name in names:
+            for photo in people[name][:per_person]:
+                writer.writerow([str(photo), name])
+    return path
+
+
+@stage("data prep")
+def prepare_data(run_dir: pathlib.Path, people, split, num_morphs):
+    from data_prep import job, stages
+    from normalized_faces import data
+
+    data_dir = run_dir / "data"
+    if (data_dir / data.METADATA_FILE).exists():
+        return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
+    manifest = photo_manifest(people, split["train"] + split["validation"], run_dir / "trainval_photos.csv")
+    config = stages.PrepConfig(num_morphs=num_morphs)
+    summary = job.run(str(manifest), str(data_dir), config, flag_values={"num_morphs": num_morphs, "input": str(manifest)})
+    job.print_summary(summary, str(data_dir))
+    return summary, True
+
+
+def train_config(run_dir: pathlib.Path, name: str):
+    from normalized_faces.train import TrainConfig
+
+    with_identity = name == "with_identity"
+    steps = FLAGS.train_steps if with_identity else (FLAGS.ablation_steps or FLAGS.train_steps)
+    return TrainConfig(
+        data_dir=str(run_dir / "data"),
+        model_dir=str(run_dir / name),
+        encoder="facenet",
+        batch_size=FLAGS.batch_size,
+        train_steps=steps,
+        learning_rate=FLAGS.learning_rate,
+        identity_weight=FLAGS.identity_weight if with_identity else 0.0,
+        feature_dim=FLAGS.feature_dim,
+        landmark_hidden=(512,),
+        texture_base_channels=FLAGS.texture_base_channels,
+        texture_min_channels=32,
+        texture_upsampling="resize",
+        checkpoint_interval=250,
+        summary_interval=50,
+        validation_interval=1000,
+        validation_steps=5,
+        shuffle_buffer=2000,
+    )
+
+
+def make_training_stage(name):
+    @stage(f"training {VARIANTS[name]}")
+    def train_variant(run_dir: pathlib.Path):
+        from normalized_faces.train import train
+
+        result = train(train_config(run_dir, name))
+        return result, result["status"] != "already_done"
+
+    return train_variant
+
+
+def _latest_checkpoint_time(model_dir: pathlib.Path) -> float:
+    files = list((model_dir / "checkpoints").glob("*.index"))
+    return max((f.stat().st_mtime for f in files), default=0.0)
+
+
+def make_evaluation_stage(name):
+    @stage(f"evaluation {VARIANTS[name]}")
+    def evaluate_variant(run_dir: pathlib.Path, items):
+        from normalized_faces import evaluate
+
+        output_dir = run_dir / f"evaluation_{name}"
+        report_path = output_dir / "report.json"
+        if report_path.exists() and report_path.stat().st_mtime > _latest_checkpoint_time(run_dir / name):
+            return json.loads(report_path.read_text()), False
+        return evaluate.evaluate(str(run_dir / name), items, output_dir, judges=["dlib_resnet", "facenet"]), True
+
+    return evaluate_variant
+
+
+def test_items(people, split):
+    """(path, identity, None) of the test people's first photos (by name)."""
+    return [(str(p), name, None) for name in split["test"] for p in people[name][: FLAGS.test_photos_per_person]]
+
+
+def result_grid(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
+    """photo | normalized | adjusted | without the identity loss, for `count` test people (their first photo)."""
+    from normalized_faces import adjust, inference, visualize
+    from normalized_faces.cli import collect_faces
+
+    names = [split["test"][i] for i in np.linspace(0, len(split["test"]) - 1, count).astype(int)]
+    jobs, _ = collect_faces([(people[name][0], None) for name in names])
+    jobs = [job for job in jobs if job.index == 0]
+    models = {name: inference.load_model(str(run_dir / name)) for name in VARIANTS}
+    crops = np.stack([job.aligned.image for job in jobs]).astype(np.float32) / 255.0
+    outputs = {name: model(crops)["normalized_face"] for name, model in models.items()}
+    rows = []
+    for i, job in enumerate(jobs):
+        normalized = outputs["with_identity"][i]
+        adjusted = adjust.adjust_photo(job.aligned.image, job.aligned.image, normalized)
+        rows.append([job.aligned.image, normalized, adjusted, outputs["without_identity"][i]])
+    grid = visualize.image_grid(rows, column_titles=["photo", "normalized", "adjusted", "no identity loss"])
+    path = run_dir / "results_grid.png"
+    visualize.write_png(path, grid)
+    return path
+
+
+def fig12_histogram(run_dir: pathlib.Path, reports: dict) -> pathlib.Path:
+    """The paper's Fig. 12: FaceNet distance between each test photo and its normalized face, with and without the identity loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.2), dpi=100)
+    threshold = reports["with_identity"]["judges"]["facenet"]["threshold"]["value"]
+    values = {name: [p["facenet_distance"] for p in reports[name]["per_photo"]] for name in VARIANTS}
+    bins = np.linspace(0, max(max(v) for v in values.values()) * 1.05, 40)
+    for (name, label), color in zip(VARIANTS.items(), ("tab:blue", "tab:orange")):
+        inside = np.mean(np.asarray(values[name]) < threshold)
+        axis.hist(values[name], bins=bins, alpha=0.6, color=color, label=f"{label}: {inside:.0%} under the threshold")
+    axis.axvline(threshold, color="k", linestyle="--", label=f"FaceNet threshold {threshold:g}")
+    axis.set_xlabel("squared L2 distance, FaceNet embedding: test photo vs its normalized face")
+    axis.set_ylabel("test photos")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = run_dir / "fig12_histogram.png"
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def results_markdown(reports: dict, data_counts: dict, times: dict) -> str:
+    lines = ["| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |", "|---|---|---|---|---|---|"]
+    for judge in ("dlib_resnet", "facenet"):
+        first = reports["with_identity"]["judges"][judge]
+        for name, label in VARIANTS.items():
+            n = reports[name]["judges"][judge]["normalized"]
+            lines.append(f"| {judge} | normalized, {label} | {_pct(n['rank1'])} | {_pct(n['rank5'])} | {_pct(n['genuine'])} | {_pct(n['impostor'])} |")
+        base = first.get("mean_face_baseline")
+        if base:
+            lines.append(f"| {judge} | mean face (baseline) | {_pct(base['rank1'])} | {_pct(base['rank5'])} | {_pct(base['genuine'])} | {_pct(base['impostor'])} |")
+        ceiling = first["photos_ceiling"]
+        lines.append(f"| {judge} | the photos themselves (ceiling) | {_pct(ceiling['rank1'])} | {_pct(ceiling['rank5'])} | | |")
+        lines.append(f"| {judge} | chance | {_pct(first['chance']['rank1'])} | {_pct(first['chance']['rank5'])} | | |")
+    first = reports["with_identity"]
+    lines += [
+        "",
+        f"Test: {first['judges']['dlib_resnet']['people']} people, {first['evaluated']} photos "
+        f"({first['judges']['dlib_resnet']['probes']} probes against one gallery photo per person).",
+        f"Data prep: {data_counts.get('inputs')} photos in, {data_counts.get('accepted')} kept; records {data_counts.get('records')}.",
+        "Wall-clock (2 cores): " + ", ".join(f"{name} {seconds / 60:.0f} min" for name, seconds in times.items()) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    # `kill` (SIGTERM) ends the run like Ctrl-C, so the stage in progress records its time.
+    signal.signal(signal.SIGTERM, _interrupted)
+    run_dir = pathlib.Path(FLAGS.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    people, split = lfw_split.load_split(FLAGS.lfw)
+    data_counts = prepare_data(run_dir, people, split, FLAGS.num_morphs)
+    for name in VARIANTS:
+        make_training_stage(name)(run_dir)
+    items = test_items(people, split)
+    reports = {name: make_evaluation_stage(name)(run_dir, items) for name in VARIANTS}
+    figures = [result_grid(run_dir, people, split, FLAGS.grid_people), fig12_histogram(run_dir, reports)]
+    for name in VARIANTS:
+        figures.append(run_dir / f"evaluation_{name}" / "distance_histogram.png")
+    times = json.loads((run_dir / "times.json").read_text())
+    markdown = results_markdown(reports, data_counts, times)
+    (run_dir / "results.md").write_text(markdown)
+    print(markdown)
+    if FLAGS.figures_dir:
+        target = pathlib.Path(FLAGS.figures_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in figures:
+            shutil.copy(path, target / (path.name if path.parent == run_dir else f"{path.parent.name}_{path.name}"))
+        shutil.copy(run_dir / "results.md", target / "results.md")
+        print(f"copied the figures and results.md to {target}")
+
+
+if __name__ == "__main__":
+    app.run(main)
