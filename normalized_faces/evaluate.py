@@ -163,7 +163,7 @@ def summary_lines(figures) -> list:
         f"  | chance {_percent(figures['chance']['rank1'])} / {_percent(figures['chance']['rank5'])}"
         f"  | photos (ceiling) {_percent(ceiling['rank1'])} / {_percent(ceiling['rank5'])}",
     ]
-    if base:
+    if base and n["rank1"] is not None:  # no probes (one photo a person): no identification to compare
         lines.append(f"  margin over the mean face: rank-1 {100 * ((n['rank1'] or 0) - (base['rank1'] or 0)):+.1f} points")
     lines.append(
         f"  verification at threshold {figures['threshold']['value']:g}: genuine {_percent(n['genuine'])} within, "
