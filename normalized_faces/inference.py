@@ -88,25 +88,11 @@ class LoadedModel:
         if path is None:  # the model shipped inside the package
             from normalized_faces import pretrained
 
-            self.kind = "pretrained"
-            self.keras_model = pretrained.build_model()
-            self.image_size = self.keras_model.image_size
-            self.threshold = self.keras_model.encoder.threshold
-            self.encoder_name = self.keras_model.encoder.encoder_name
-            self.mean_face = _read_png(pretrained.PRETRAINED_DIR / pretrained.MEAN_FACE_FILE)
-            self._call = lambda images: model_outputs(self.keras_model, images)
-            self.source = pretrained.SOURCE
+            self._use_keras_model("pretrained", pretrained.build_model(), pretrained.PRETRAINED_DIR, pretrained.SOURCE)
             return
         path = pathlib.Path(path)
         if (path / MODEL_CONFIG_FILE).exists():
-            self.kind = "checkpoint"
-            self.keras_model = restore_training_model(path)
-            self.image_size = self.keras_model.image_size
-            self.threshold = self.keras_model.encoder.threshold
-            self.encoder_name = self.keras_model.encoder.encoder_name
-            self.mean_face = _read_png(path / MEAN_FACE_FILE)
-            self._call = lambda images: model_outputs(self.keras_model, images)
-            self.source = str(path)
+            self._use_keras_model("checkpoint", restore_training_model(path), path, str(path))
         else:
             version = latest_version(path)
             self.kind = "saved_model"
@@ -124,6 +110,15 @@ class LoadedModel:
             self.mean_face = _read_png(version / EXPORT_MEAN_FACE)
             self._call = lambda images: signature(images=images)
             self.source = str(version)
+
+    def _use_keras_model(self, kind, keras_model, folder: pathlib.Path, source: str):
+        """A Keras model in this process (a run's or the shipped one); folder holds its mean face."""
+        self.kind, self.keras_model, self.source = kind, keras_model, source
+        self.image_size = keras_model.image_size
+        self.threshold = keras_model.encoder.threshold
+        self.encoder_name = keras_model.encoder.encoder_name
+        self.mean_face = _read_png(folder / MEAN_FACE_FILE)
+        self._call = lambda images: model_outputs(keras_model, images)
 
     def __call__(self, images) -> dict:
         images = tf.convert_to_tensor(np.asarray(images, np.float32))

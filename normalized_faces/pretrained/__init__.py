@@ -23,7 +23,7 @@ import numpy as np
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent
 CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "decoder_weights.npz"
-MEAN_FACE_FILE = "mean_face.png"
+MEAN_FACE_FILE = "mean_face.png"  # the name training uses (train.MEAN_FACE_FILE), so one reader serves both
 PROVENANCE_FILE = "provenance.json"
 MAX_MEGABYTES = 40.0
 SOURCE = "normalized_faces/pretrained (the shipped model)"
@@ -100,7 +100,6 @@ def package_run(model_dir, output_dir=PRETRAINED_DIR, max_megabytes=MAX_MEGABYTE
         "train_config": run_config,
         "weights": {"dtype": "float16", "count": int(sum(v.size for v in weights.values())), "megabytes": round(megabytes, 2)},
     }
-    (output_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     # How far float16 storage moves the outputs: the run's model vs the packaged one, same inputs.
     shipped = build_model(output_dir)
     images = tf.random.stateless_uniform([4, model.image_size, model.image_size, 3], seed=[0, 0])
