@@ -174,7 +174,11 @@ def test_mirrored_strategy_matches_one_device(tmp_path, tiny_data_dir):
     for start, a, b in zip(before, single.trainable_variables, mirrored.trainable_variables):
         step_a, step_b = a.numpy() - start, b.numpy() - start
         scale = np.abs(step_a).max()  # zero for the landmark MLP's hidden layer on the first step
-        np.testing.assert_allclose(step_b, step_a, atol=1e-3 * scale, err_msg=a.path)
+        # 5e-3 of the largest update: the to_rgb bias's gradient is a float32 sum over ~200k
+        # per-pixel terms of both signs, and one device vs two replicas sum them in different
+        # orders; CI's CPU measured 1.1e-3 there (this machine < 1e-3). The bug this test is for,
+        # replicas' gradients summed instead of averaged, is off by 100%.
+        np.testing.assert_allclose(step_b, step_a, atol=5e-3 * scale, err_msg=a.path)
         moved += scale > 0
     assert moved >= len(before) - 2
 
