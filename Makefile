@@ -20,12 +20,12 @@ $(VENV)/.installed: setup.py
 
 # The shipped model on the bundled sample photos (or PHOTOS=a.jpg,b.jpg): grid + evaluation, ~1 minute.
 demo: $(VENV)/.installed
-	$(PY) -m normalized_faces.demo --output_dir=demo_output $(if $(PHOTOS),--photos=$(PHOTOS))
+	$(PY) demo_main.py --output_dir=demo_output $(if $(PHOTOS),--photos=$(PHOTOS))
 
 # The whole pipeline: synthetic photos -> data prep -> training -> export -> evaluation, a few minutes.
 # make demo-pipeline INPUT=photos/  runs it on your <identity>/<photo> folder.
 demo-pipeline: $(VENV)/.installed
-	$(PY) -m normalized_faces.demo --pipeline --output_dir=demo_pipeline_output $(if $(INPUT),--input=$(INPUT))
+	$(PY) demo_main.py --pipeline --output_dir=demo_pipeline_output $(if $(INPUT),--input=$(INPUT))
 
 # Re-fetch / re-check FaceNet's weights (e.g. after a cache was cleared).
 weights: $(VENV)/.installed

@@ -13,10 +13,21 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    py_modules=["train_main"],
+    py_modules=["train_main", "demo_main"],
     # The shipped model (normalized_faces/pretrained) and the bundled sample photos travel with the package.
-    package_data={"normalized_faces": ["pretrained/*.json", "pretrained/*.npz", "pretrained/*.png", "pretrained/*.md", "samples/*.jpg", "samples/*.md"]},
-    packages=find_packages(include=["normalized_faces", "normalized_faces.*", "data_prep", "data_prep.*", "export", "export.*"]),
+    package_data={
+        "normalized_faces": [
+            "pretrained/*.json",
+            "pretrained/*.npz",
+            "pretrained/*.png",
+            "pretrained/*.md",
+            "samples/*.jpg",
+            "samples/*.md",
+        ]
+    },
+    packages=find_packages(
+        include=["normalized_faces", "normalized_faces.*", "data_prep", "data_prep.*", "export", "export.*"]
+    ),
     install_requires=[
         # Keras 3 (TF backend). Never tensorflow-addons: it cannot be imported with Keras 3.
         "tensorflow>=2.16,<3",
@@ -35,7 +46,7 @@ setup(
         "apache-beam[tfrecord]>=2.55",  # the extra brings the CRC library WriteToTFRecord needs
     ],
     extras_require={
-        "test": ["pytest>=7", "scipy>=1.10"],
+        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.6"],
         "and-cuda": ["tensorflow[and-cuda]>=2.16,<3"],
     },
     entry_points={

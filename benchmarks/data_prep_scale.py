@@ -37,17 +37,27 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("identities", 320, "Synthetic people (3 photos each).")
 flags.DEFINE_integer("morphs", 6000, "Morphs asked for.")
 flags.DEFINE_string("output_dir", "/tmp/data_prep_scale", "Scratch folder (emptied first).")
-flags.DEFINE_list("beam_args", [], "Beam options for the job, e.g. --beam_args=--direct_running_mode=in_memory (default: the job's).")
+flags.DEFINE_list(
+    "beam_args", [], "Beam options for the job, e.g. --beam_args=--direct_running_mode=in_memory (default: the job's)."
+)
 
 
 def main(argv):
     del argv
     root = pathlib.Path(FLAGS.output_dir)
     shutil.rmtree(root, ignore_errors=True)
-    manifest = synthetic.write_synthetic_dataset(root / "photos", num_identities=FLAGS.identities, photos_per_identity=3, seed=0)
+    manifest = synthetic.write_synthetic_dataset(
+        root / "photos", num_identities=FLAGS.identities, photos_per_identity=3, seed=0
+    )
     started = time.time()
     try:
-        summary = job.run(manifest, str(root / "out"), stages.PrepConfig(num_morphs=FLAGS.morphs, validation_fraction=0.1, seed=0), FLAGS.beam_args, num_shards=2)
+        summary = job.run(
+            manifest,
+            str(root / "out"),
+            stages.PrepConfig(num_morphs=FLAGS.morphs, validation_fraction=0.1, seed=0),
+            FLAGS.beam_args,
+            num_shards=2,
+        )
         print(f"books balance: planned {summary['planned_morphs']} = written {summary['written_morphs']}")
     except job.LostRecords as lost:
         print(f"the job failed its own check: {lost}")

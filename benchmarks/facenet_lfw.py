@@ -36,7 +36,9 @@ from absl import app, flags  # noqa: E402
 from experiments import lfw_split  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("lfw", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "faces" / "lfw"), "LFW folder <Name>/<photo>.")
+flags.DEFINE_string(
+    "lfw", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "faces" / "lfw"), "LFW folder <Name>/<photo>."
+)
 flags.DEFINE_integer("pairs", 3000, "Pairs to draw (half same-person).")
 flags.DEFINE_integer("seed", 0, "Pair sampling seed.")
 flags.DEFINE_string("cache_dir", "/tmp/facenet_lfw", "Per-photo detections and embeddings (resumable).")
@@ -95,7 +97,15 @@ def detect_all(paths, cache: pathlib.Path):
                 framing[i] = [offset[0], offset[1], (right - left) / side, (bottom - top) / side]
         if (i + 1) % 500 == 0:
             print(f"  detected {i + 1}/{len(paths)} photos ({(i + 1) / (time.time() - start):.1f}/s)", flush=True)
-    np.savez(cache, paths=np.array([str(p) for p in paths]), aligned=aligned, native=native, aligned_ok=aligned_ok, native_ok=native_ok, framing=framing)
+    np.savez(
+        cache,
+        paths=np.array([str(p) for p in paths]),
+        aligned=aligned,
+        native=native,
+        aligned_ok=aligned_ok,
+        native_ok=native_ok,
+        framing=framing,
+    )
     return aligned, native, aligned_ok, native_ok, framing
 
 
@@ -113,7 +123,9 @@ def cnn_fallback(paths, aligned, aligned_ok, cache: pathlib.Path):
         photo = cv2.cvtColor(cv2.imread(str(paths[i])), cv2.COLOR_BGR2RGB)
         faces = detector(photo)
         if faces:
-            aligned[i] = alignment.align_face(photo, faces[centre_most([f.box for f in faces], photo.shape)].landmarks).image
+            aligned[i] = alignment.align_face(
+                photo, faces[centre_most([f.box for f in faces], photo.shape)].landmarks
+            ).image
             aligned_ok[i] = True
     np.savez(cache, aligned=aligned, aligned_ok=aligned_ok)
     return aligned, aligned_ok
@@ -122,7 +134,7 @@ def cnn_fallback(paths, aligned, aligned_ok, cache: pathlib.Path):
 def embed(encoder, images, batch=64):
     out = []
     for start in range(0, len(images), batch):
-        out.append(encoder(images[start:start + batch].astype(np.float32) / 255.0)["embedding"].numpy())
+        out.append(encoder(images[start : start + batch].astype(np.float32) / 255.0)["embedding"].numpy())
     return np.concatenate(out)
 
 
@@ -157,29 +169,50 @@ def main(argv):
     pairs = lfw_split.sample_pairs(people, names, FLAGS.pairs, FLAGS.seed)
     paths = sorted({str(p) for a, b, _ in pairs for p in (a, b)})
     index = {p: i for i, p in enumerate(paths)}
-    print(f"{len(pairs)} pairs ({sum(s for *_, s in pairs)} same-person) over {len(paths)} photos of {len(names)} non-test LFW people")
+    print(
+        f"{len(pairs)} pairs ({sum(s for *_, s in pairs)} same-person) over {len(paths)} photos of {len(names)} non-test LFW people"
+    )
     cache = pathlib.Path(FLAGS.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    aligned, native, aligned_ok, native_ok, framing = detect_all(paths, cache / f"detections_{FLAGS.pairs}_{FLAGS.seed}.npz")
-    print(f"detection: dlib found {aligned_ok.sum()}/{len(paths)}, MTCNN {native_ok.sum()}/{len(paths)} ({time.time() - start:.0f} s)")
+    aligned, native, aligned_ok, native_ok, framing = detect_all(
+        paths, cache / f"detections_{FLAGS.pairs}_{FLAGS.seed}.npz"
+    )
+    print(
+        f"detection: dlib found {aligned_ok.sum()}/{len(paths)}, MTCNN {native_ok.sum()}/{len(paths)} ({time.time() - start:.0f} s)"
+    )
     hog_ok = aligned_ok.sum()
-    aligned, aligned_ok = cnn_fallback(paths, aligned, aligned_ok, cache / f"cnn_fallback_{FLAGS.pairs}_{FLAGS.seed}.npz")
-    print(f"dlib's CNN detector, where HOG found none: {aligned_ok.sum() - hog_ok} more; {(~aligned_ok).sum()} photos without a face")
+    aligned, aligned_ok = cnn_fallback(
+        paths, aligned, aligned_ok, cache / f"cnn_fallback_{FLAGS.pairs}_{FLAGS.seed}.npz"
+    )
+    print(
+        f"dlib's CNN detector, where HOG found none: {aligned_ok.sum() - hog_ok} more; {(~aligned_ok).sum()} photos without a face"
+    )
     measured = np.nanmean(framing, axis=0)
-    print(f"measured framing (MTCNN box + {FLAGS.margin} px margin vs the 68-landmark box): dx {measured[0]:+.4f} dy {measured[1]:+.4f} "
-          f"sx {measured[2]:.4f} sy {measured[3]:.4f} (spread {np.nanstd(framing, axis=0).round(3).tolist()}, {np.isfinite(framing[:, 0]).sum()} photos)")
+    print(
+        f"measured framing (MTCNN box + {FLAGS.margin} px margin vs the 68-landmark box): dx {measured[0]:+.4f} dy {measured[1]:+.4f} "
+        f"sx {measured[2]:.4f} sy {measured[3]:.4f} (spread {np.nanstd(framing, axis=0).round(3).tolist()}, "
+        f"{np.isfinite(framing[:, 0]).sum()} photos)"
+    )
     print(f"facenet.FRAMING in use: {facenet.FRAMING}")
     variants = {
         "native (MTCNN + margin)": (get_encoder("facenet", native_input=True), native, native_ok),
-        f"aligned, FRAMING {tuple(round(v, 3) for v in facenet.FRAMING)}": (get_encoder("facenet"), aligned, aligned_ok),
+        f"aligned, FRAMING {tuple(round(v, 3) for v in facenet.FRAMING)}": (
+            get_encoder("facenet"),
+            aligned,
+            aligned_ok,
+        ),
         "aligned, square 1.25 (before)": (get_encoder("facenet", framing=(0.0, 0.0, 1.25, 1.25)), aligned, aligned_ok),
     }
     a = np.array([index[str(p)] for p, _, _ in pairs])
     b = np.array([index[str(p)] for _, p, _ in pairs])
     same = np.array([s for *_, s in pairs])
-    print("\naccuracy over all pairs (a pair with an undetected photo counts as an error); last column: over detected pairs only")
-    print(f"{'framing':<42} {'10-fold accuracy':>18} {'best threshold':>15} {'accuracy there':>15} {'pairs lost':>10} {'detected only':>14}")
+    print(
+        "\naccuracy over all pairs (a pair with an undetected photo counts as an error); last column: over detected pairs only"
+    )
+    print(
+        f"{'framing':<42} {'10-fold accuracy':>18} {'best threshold':>15} {'accuracy there':>15} {'pairs lost':>10} {'detected only':>14}"
+    )
     for name, (encoder, images, ok) in variants.items():
         started = time.time()
         embeddings = embed(encoder, images)
@@ -187,8 +220,11 @@ def main(argv):
         valid = ok[a] & ok[b]
         mean, std, threshold, at_best = accuracy_report(distances, same, valid)
         detected_only = np.mean((distances[valid] < threshold) == same[valid])
-        print(f"{name:<42} {100 * mean:>11.2f} +- {100 * std:.2f} {threshold:>15.3f} {100 * at_best:>14.2f}% {(~valid).sum():>10d} "
-              f"{100 * detected_only:>13.2f}%   ({len(images) / (time.time() - started):.0f} photos/s)", flush=True)
+        print(
+            f"{name:<42} {100 * mean:>11.2f} +- {100 * std:.2f} {threshold:>15.3f} {100 * at_best:>14.2f}% {(~valid).sum():>10d} "
+            f"{100 * detected_only:>13.2f}%   ({len(images) / (time.time() - started):.0f} photos/s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

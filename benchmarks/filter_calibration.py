@@ -43,13 +43,13 @@ _DETECTOR = None
 def _measure(path: str) -> dict:
     """Every filter measure of one photo (as data prep computes them), or why there is none."""
     global _DETECTOR
-    from data_prep import decode, filters
-    from normalized_faces import alignment
+    from data_prep import filters
+    from normalized_faces import alignment, photos
     from normalized_faces.detection import FaceDetector
 
     if _DETECTOR is None:
         _DETECTOR = FaceDetector("hog")
-    image = decode.decode_photo(pathlib.Path(path).read_bytes())
+    image = photos.decode_photo(pathlib.Path(path).read_bytes())
     faces = _DETECTOR(image)
     if not faces:
         return {"path": path, "failed": "no_face"}
@@ -77,8 +77,7 @@ def passes(value: float, threshold: float, above: bool, measure: str) -> bool:
 
 
 def contact_sheet(rows_of_entries, titles, path):
-    from normalized_faces import alignment, visualize
-    from data_prep import decode
+    from normalized_faces import alignment, photos, visualize
     from normalized_faces.detection import FaceDetector
 
     detector = FaceDetector("hog")
@@ -86,10 +85,14 @@ def contact_sheet(rows_of_entries, titles, path):
     for entries, title in zip(rows_of_entries, titles):
         cells = []
         for entry, value in entries:
-            image = decode.decode_photo(pathlib.Path(entry).read_bytes())
+            image = photos.decode_photo(pathlib.Path(entry).read_bytes())
             face = detector(image)[0]
             crop = alignment.align_face(image, face.landmarks).image
-            cells.append(visualize.label_image(cv2.resize(crop[16:208, 16:208], (128, 128), interpolation=cv2.INTER_AREA), f"{value:.3g}"))
+            cells.append(
+                visualize.label_image(
+                    cv2.resize(crop[16:208, 16:208], (128, 128), interpolation=cv2.INTER_AREA), f"{value:.3g}"
+                )
+            )
         rows.append(cells)
         labels.append(title)
     width = max(len(r) for r in rows)
@@ -112,7 +115,10 @@ def main(argv):
     if store.exists():
         done = {e["path"]: e for e in map(json.loads, store.read_text().splitlines())}
     todo = [p for p in paths if p not in done]
-    print(f"{len(split['train'])} train people, {len(paths)} photos; {len(todo)} to measure with {FLAGS.workers} processes", flush=True)
+    print(
+        f"{len(split['train'])} train people, {len(paths)} photos; {len(todo)} to measure with {FLAGS.workers} processes",
+        flush=True,
+    )
     start = time.time()
     with store.open("a") as file, multiprocessing.get_context("spawn").Pool(FLAGS.workers) as pool:
         for i, entry in enumerate(pool.imap_unordered(_measure, todo, chunksize=8), 1):
@@ -130,18 +136,29 @@ def main(argv):
         threshold = getattr(thresholds, field)
         kept = np.array([passes(v, threshold, above, measure) for v in values])
         keep_all &= kept
-        print(f"{measure:>11} {field} = {threshold:g}: keeps {kept.mean():.1%}  (5/25/50/75/95%: {np.percentile(values, [5, 25, 50, 75, 95]).round(3).tolist()})")
+        print(
+            f"{measure:>11} {field} = {threshold:g}: keeps {kept.mean():.1%}  "
+            f"(5/25/50/75/95%: {np.percentile(values, [5, 25, 50, 75, 95]).round(3).tolist()})"
+        )
         key = np.abs(values) if measure in ("yaw", "pitch") else values
         order = np.argsort(key)
         position = int(np.searchsorted(key[order], threshold))
         n = FLAGS.sheet_columns
-        below = [(entries[i]["path"], values[i]) for i in order[max(0, position - n):position]]
-        above_side = [(entries[i]["path"], values[i]) for i in order[position:position + n]]
+        below = [(entries[i]["path"], values[i]) for i in order[max(0, position - n) : position]]
+        above_side = [(entries[i]["path"], values[i]) for i in order[position : position + n]]
         inside, outside = (above_side, below) if above else (below, above_side)
-        contact_sheet([inside, outside], [f"{measure}: kept, just inside {threshold:g}", f"{measure}: dropped, just outside"], output / f"sheet_{measure}.png")
+        contact_sheet(
+            [inside, outside],
+            [f"{measure}: kept, just inside {threshold:g}", f"{measure}: dropped, just outside"],
+            output / f"sheet_{measure}.png",
+        )
     names = [pathlib.Path(e["path"]).parent.name for e, k in zip(entries, keep_all) if k]
     counts = {name: names.count(name) for name in set(names)}
-    print(f"all filters: keep {keep_all.mean():.1%} of photos; {sum(c >= 3 for c in counts.values())} of {len(split['train'])} people keep >= 3", flush=True)
+    print(
+        f"all filters: keep {keep_all.mean():.1%} of photos; "
+        f"{sum(c >= 3 for c in counts.values())} of {len(split['train'])} people keep >= 3",
+        flush=True,
+    )
     print(f"sheets in {output}", flush=True)
 
 

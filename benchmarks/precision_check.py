@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from data_prep import synthetic  # noqa: E402
 from normalized_faces import train  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -32,20 +33,27 @@ def main(argv):
     del argv
     root = pathlib.Path(FLAGS.output_dir)
     data_dir = root / "data"
-    train.make_tiny_data(str(data_dir))
+    synthetic.make_tiny_data(str(data_dir))
     histories, seconds = {}, {}
     for precision in ("float32", "mixed_bfloat16"):
         run = root / precision
         shutil.rmtree(run, ignore_errors=True)
         config = train.tiny_config(
-            str(run), data_dir=str(data_dir), train_steps=FLAGS.train_steps, checkpoint_interval=FLAGS.interval,
-            validation_interval=FLAGS.interval, precision=precision,
+            str(run),
+            data_dir=str(data_dir),
+            train_steps=FLAGS.train_steps,
+            checkpoint_interval=FLAGS.interval,
+            validation_interval=FLAGS.interval,
+            precision=precision,
         )
         started = time.time()
         histories[precision] = train.train(config)["history"]
         seconds[precision] = time.time() - started
     a, b = histories["float32"], histories["mixed_bfloat16"]
-    print(f"\n{'step':>6} " + " ".join(f"{k:>26}" for k in ("loss f32 / bf16", "val_loss f32 / bf16", "identity_loss f32 / bf16")))
+    print(
+        f"\n{'step':>6} "
+        + " ".join(f"{k:>26}" for k in ("loss f32 / bf16", "val_loss f32 / bf16", "identity_loss f32 / bf16"))
+    )
     worst = 0.0
     for i in range(len(a["loss"])):
         cells = []
@@ -58,7 +66,9 @@ def main(argv):
                 cells.append(f"{'':>26}")
         print(f"{(i + 1) * FLAGS.interval:>6} " + " ".join(f"{c:>26}" for c in cells))
     print(f"largest relative difference of loss / val_loss: {100 * worst:.1f}%")
-    print(f"time: float32 {seconds['float32']:.0f} s, mixed_bfloat16 {seconds['mixed_bfloat16']:.0f} s (data prep excluded)")
+    print(
+        f"time: float32 {seconds['float32']:.0f} s, mixed_bfloat16 {seconds['mixed_bfloat16']:.0f} s (data prep excluded)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,17 @@ def main(argv):
 
     export_dir = FLAGS.export_dir
     if export_dir is None:
+        from data_prep import synthetic
         from export import saved_model
         from normalized_faces import train
 
         scratch = tempfile.mkdtemp(prefix="serving_bench_")
-        config = train.tiny_config(os.path.join(scratch, "run"), train_steps=2, checkpoint_interval=2, identity_weight=0.0)
-        train.make_tiny_data(config.data_dir)
+        config = train.tiny_config(
+            os.path.join(scratch, "run"), train_steps=2, checkpoint_interval=2, identity_weight=0.0
+        )
+        synthetic.make_tiny_data(config.trainer.data_dir)
         train.train(config)
-        export_dir = str(saved_model.export(config.model_dir, os.path.join(scratch, "exports")))
+        export_dir = str(saved_model.export(config.runtime.model_dir, os.path.join(scratch, "exports")))
     version = inference.latest_version(export_dir)
     loaded = tf.saved_model.load(str(version))
     serve = loaded.signatures["predict_images"]
@@ -49,13 +52,19 @@ def main(argv):
     encoder = get_encoder(encoder_name)
     encode = tf.function(lambda x: encoder(x)["embedding"])
     print(f"{version} ({metadata.get('encoder')}), TensorFlow {tf.__version__}, {os.cpu_count()} CPUs")
-    print(f"{'batch':>5} {'model ms/img':>13} {'encoder ms/img':>15} {'model img/s':>12} {'encoder img/s':>14} {'model/encoder':>14}")
+    print(
+        f"{'batch':>5} {'model ms/img':>13} {'encoder ms/img':>15} {'model img/s':>12} {'encoder img/s':>14} {'model/encoder':>14}"
+    )
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in FLAGS.batch_sizes]:
         images = tf.constant(rng.uniform(size=[batch, 224, 224, 3]).astype(np.float32))
         model_s = median_seconds(lambda: serve(images=images)["normalized_face"].numpy(), FLAGS.runs)
         encoder_s = median_seconds(lambda: encode(images).numpy(), FLAGS.runs)
-        print(f"{batch:>5} {1000 * model_s / batch:>13.1f} {1000 * encoder_s / batch:>15.1f} {batch / model_s:>12.1f} {batch / encoder_s:>14.1f} {model_s / encoder_s:>13.2f}x", flush=True)
+        print(
+            f"{batch:>5} {1000 * model_s / batch:>13.1f} {1000 * encoder_s / batch:>15.1f} "
+            f"{batch / model_s:>12.1f} {batch / encoder_s:>14.1f} {model_s / encoder_s:>13.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def main():
     def forward_backward(image, source, dest):
         with tf.GradientTape() as tape:
             tape.watch([image, dest])
-            warped = tfa.image.sparse_image_warp(image, source, dest, interpolation_order=1, num_boundary_points=boundary)[0]
+            warped = tfa.image.sparse_image_warp(
+                image, source, dest, interpolation_order=1, num_boundary_points=boundary
+            )[0]
             loss = tf.reduce_sum(tf.square(warped))
         return tape.gradient(loss, [image, dest])
 

@@ -36,9 +36,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from normalized_faces import landmarks, train  # noqa: E402
-from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
@@ -66,7 +66,13 @@ flags.DEFINE_list("levers", list(LEVERS), "Which step variants to time (default:
 def config_for(name, **overrides):
     settings = dict(encoder="dlib_resnet")
     if name == "paper":
-        settings = dict(encoder="facenet", feature_dim=1024, landmark_hidden=(512,), texture_base_channels=256, texture_min_channels=32)
+        settings = dict(
+            encoder="facenet",
+            feature_dim=1024,
+            landmark_hidden=(512,),
+            texture_base_channels=256,
+            texture_min_channels=32,
+        )
     settings.update(overrides)
     return train.tiny_config("/tmp/unused", **settings)
 
@@ -82,12 +88,16 @@ def random_batch(rng, size):
 def step_ms(config, batch, cache) -> float:
     """Median ms of one full train step of a model built from config (its precision set meanwhile)."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(train.resolve_precision(config.precision))
+    keras.mixed_precision.set_global_policy(train.resolve_precision(config.runtime.precision))
     try:
         model = train.build_model(config, landmarks.template_landmarks(), 224)
         if cache:
             encoded = model.encoder(batch["image"])
-            batch = {**batch, "features": tf.cast(encoded["features"], tf.float32), "embedding": tf.cast(encoded["embedding"], tf.float32)}
+            batch = {
+                **batch,
+                "features": tf.cast(encoded["features"], tf.float32),
+                "embedding": tf.cast(encoded["embedding"], tf.float32),
+            }
         iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
         model.make_train_function()
         return 1000 * median_seconds(lambda: model.train_function(iterator), FLAGS.runs)
@@ -96,7 +106,7 @@ def step_ms(config, batch, cache) -> float:
 
 
 def breakdown(config, batch):
-    config = train.TrainConfig(**{**config.__dict__, **BEFORE})  # the path before the levers
+    config = config.replace(**BEFORE)  # the path before the levers
     model = train.build_model(config, landmarks.template_landmarks(), 224)
     rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
@@ -109,7 +119,9 @@ def breakdown(config, batch):
     def decoders():
         with tf.GradientTape() as tape:
             points, texture = model.decode(features)
-            loss = tf.reduce_mean(tf.abs(texture - batch["texture"])) + tf.reduce_mean(tf.square(points - batch["landmarks"]))
+            loss = tf.reduce_mean(tf.abs(texture - batch["texture"])) + tf.reduce_mean(
+                tf.square(points - batch["landmarks"])
+            )
         return tape.gradient(loss, model.trainable_variables)
 
     texture = tf.Variable(batch["texture"])
@@ -143,10 +155,15 @@ def main(argv):
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     rng = np.random.default_rng(0)
     batch = random_batch(rng, FLAGS.batch_size)
-    print(f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}; ms per step (median of {FLAGS.runs})")
+    print(
+        f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}; ms per step (median of {FLAGS.runs})"
+    )
     for name in FLAGS.configs:
         base = config_for(name)
-        print(f"\n{name} config: {base.encoder} encoder, feature_dim {base.feature_dim}, texture CNN {base.texture_base_channels} channels at 14 x 14")
+        print(
+            f"\n{name} config: {base.model.encoder} encoder, feature_dim {base.model.feature_dim}, "
+            f"texture CNN {base.model.texture_base_channels} channels at 14 x 14"
+        )
         if FLAGS.breakdown:
             for part, ms in breakdown(base, batch).items():
                 print(f"  {part:<32} {ms:8.1f} ms")
@@ -158,11 +175,17 @@ def main(argv):
             ms = step_ms(config_for(name, **options), batch, cache)
             before = before or ms
             print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
-        for lever, options in (("before", dict(cache=False, optimizer="adam", precision="float32")), ("defaults", dict(cache=True))):
+        for lever, options in (
+            ("before", dict(cache=False, optimizer="adam", precision="float32")),
+            ("defaults", dict(cache=True)),
+        ):
             options = dict(options)
             cache = options.pop("cache")
             ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache)  # no warp, no encoder pass
-            print(f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}", flush=True)
+            print(
+                f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from normalized_faces import landmarks, warp  # noqa: E402
-from timing import median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to time.")
@@ -46,9 +46,13 @@ flags.DEFINE_integer("runs", 10, "Timed runs per figure (the median is printed).
 flags.DEFINE_list("strides", ["2", "4"], "flow_stride values for the coarse mode.")
 flags.DEFINE_integer("size", 224, "Image height and width.")
 flags.DEFINE_integer("num_boundary_points", 4, "Border points per edge count n (4n points).")
-flags.DEFINE_string("reference_python", None, "Interpreter with TF 2.15 + tensorflow-addons 0.23: time the real reference side by side.")
+flags.DEFINE_string(
+    "reference_python", None, "Interpreter with TF 2.15 + tensorflow-addons 0.23: time the real reference side by side."
+)
 flags.DEFINE_integer("rounds", 5, "With --reference_python: alternating rounds (ours, tfa) per figure.")
-flags.DEFINE_list("reference_variants", ["exact", "coarse/2", "coarse/4"], "With --reference_python: our variants to compare.")
+flags.DEFINE_list(
+    "reference_variants", ["exact", "coarse/2", "coarse/4"], "With --reference_python: our variants to compare."
+)
 
 
 def reference_style_warp(image, source, dest, num_boundary_points):
@@ -148,7 +152,10 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
         problem = pathlib.Path(folder) / "problem.npz"
         np.savez(problem, image=image, source=source, dest=dest, num_boundary_points=n)
         process = subprocess.Popen(
-            [reference_python, str(worker), str(problem)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [reference_python, str(worker), str(problem)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
 
@@ -160,16 +167,23 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
         ready = process.stdout.readline().strip()
         if not ready.startswith("ready"):
             raise RuntimeError(f"the reference worker did not start under {reference_python}: {ready!r}")
-        print(f"\nside by side with the real reference ({ready[6:]}, in {reference_python}), batch {batch}, "
-              f"{FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1, graph mode;")
+        print(
+            f"\nside by side with the real reference ({ready[6:]}, in {reference_python}), batch {batch}, "
+            f"{FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1, graph mode;"
+        )
         print(f"{rounds} alternating rounds of {runs} calls; median ms of the round medians")
         args = [tf.constant(x) for x in (image, source, dest)]
         reference_sum = float(ask("check"))
         ours = {}
         for name in variant_names:
             stride = 1 if name == "exact" else int(name.split("/")[1])
-            fn = lambda i, s, d, stride=stride: warp.sparse_image_warp(i, s, d, num_boundary_points=n, flow_stride=stride)  # noqa: E731
-            ours[name] = {"fwd": tf.function(lambda i, s, d, fn=fn: fn(i, s, d)[0]), "fwb": tf.function(_gradients_image_dest(fn))}
+            fn = lambda i, s, d, stride=stride: warp.sparse_image_warp(
+                i, s, d, num_boundary_points=n, flow_stride=stride
+            )  # noqa: E731
+            ours[name] = {
+                "fwd": tf.function(lambda i, s, d, fn=fn: fn(i, s, d)[0]),
+                "fwb": tf.function(_gradients_image_dest(fn)),
+            }
             if name == "exact":
                 our_sum = float(tf.reduce_sum(ours[name]["fwd"](*args)))
                 relative = abs(our_sum - reference_sum) / abs(reference_sum)
@@ -180,10 +194,19 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
             for kind in ("fwd", "fwb"):
                 mine, theirs = [], []
                 for _ in range(rounds):
-                    mine.append(1000 * median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), functions[kind](*args)), runs))
+                    mine.append(
+                        1000
+                        * median_seconds(
+                            lambda: tf.nest.map_structure(lambda t: t.numpy(), functions[kind](*args)), runs
+                        )
+                    )
                     theirs.append(float(ask(f"{kind} {runs}")))
                 row += [float(np.median(mine)), float(np.median(theirs))]
-            print(f"{name:<12} {row[0]:>8.1f} {row[1]:>8.1f} {row[1] / row[0]:>6.1f}x   {row[2]:>8.1f} {row[3]:>8.1f} {row[3] / row[2]:>6.1f}x", flush=True)
+            print(
+                f"{name:<12} {row[0]:>8.1f} {row[1]:>8.1f} {row[1] / row[0]:>6.1f}x   "
+                f"{row[2]:>8.1f} {row[3]:>8.1f} {row[3] / row[2]:>6.1f}x",
+                flush=True,
+            )
         ask("quit")
         process.wait(timeout=60)
 
@@ -192,7 +215,14 @@ def main(argv):
     del argv
     if FLAGS.reference_python:
         for batch in [int(b) for b in FLAGS.batch_sizes]:
-            compare_with_reference(FLAGS.reference_python, batch, FLAGS.runs, FLAGS.rounds, FLAGS.num_boundary_points, FLAGS.reference_variants)
+            compare_with_reference(
+                FLAGS.reference_python,
+                batch,
+                FLAGS.runs,
+                FLAGS.rounds,
+                FLAGS.num_boundary_points,
+                FLAGS.reference_variants,
+            )
         return
     strides = [int(s) for s in FLAGS.strides]
     n = FLAGS.num_boundary_points
@@ -202,9 +232,14 @@ def main(argv):
         variants[f"coarse/{stride}"] = lambda i, s, d, stride=stride: warp.sparse_image_warp(
             i, s, d, num_boundary_points=n, flow_stride=stride
         )
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1")
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1"
+    )
     print(f"median of {FLAGS.runs} runs, ms per batch")
-    header = f"{'batch':>5}  {'variant':<16} {'fwd graph':>10} {'fwd XLA':>10} {'f+b graph':>10} {'f+b XLA':>10}   speed-up vs reference-style (graph fwd / f+b)"
+    header = (
+        f"{'batch':>5}  {'variant':<16} {'fwd graph':>10} {'fwd XLA':>10} {'f+b graph':>10} {'f+b XLA':>10}   "
+        "speed-up vs reference-style (graph fwd / f+b)"
+    )
     print(header)
     for batch in [int(b) for b in FLAGS.batch_sizes]:
         args = [tf.constant(x) for x in _problem(batch, FLAGS.size)]
@@ -222,10 +257,15 @@ def main(argv):
 
     print("\naccuracy (batch 16, order 1)")
     image, source, dest = _problem(16, FLAGS.size, seed=1)
-    exact64, flow64 = warp.sparse_image_warp(image.astype(np.float64), source.astype(np.float64), dest.astype(np.float64), num_boundary_points=n)
+    exact64, flow64 = warp.sparse_image_warp(
+        image.astype(np.float64), source.astype(np.float64), dest.astype(np.float64), num_boundary_points=n
+    )
     exact, flow = warp.sparse_image_warp(image, source, dest, num_boundary_points=n)
     reference, reference_flow = reference_style_warp(*[tf.constant(x) for x in (image, source, dest)], n)
-    for name, (img, fl) in {"ours exact float32": (exact, flow), "reference-style float32": (reference, reference_flow)}.items():
+    for name, (img, fl) in {
+        "ours exact float32": (exact, flow),
+        "reference-style float32": (reference, reference_flow),
+    }.items():
         print(
             f"  {name:<26} vs float64: flow max {np.abs(fl.numpy() - flow64.numpy()).max():.2e} px, "
             f"image max {np.abs(img.numpy() - exact64.numpy()).max():.2e}"

@@ -47,11 +47,13 @@ def average_identity(images: np.ndarray, landmarks: np.ndarray, batch_size: int 
     mean = landmarks.mean(axis=0)
     total = np.zeros(images.shape[1:], np.float64)
     for start in range(0, len(images), batch_size):
-        warped = warp_faces(images[start:start + batch_size], landmarks[start:start + batch_size], mean[None])
+        warped = warp_faces(images[start : start + batch_size], landmarks[start : start + batch_size], mean[None])
         total += warped.sum(axis=0)
     return to_uint8(total / len(images)), mean
 
 
 def texture_of(image: np.ndarray, landmarks: np.ndarray, mean_landmarks: np.ndarray) -> np.ndarray:
     """The face's texture: image [S, S, 3] uint8 warped from its landmarks to the mean. uint8."""
-    return to_uint8(warp_faces(np.asarray(image)[None], np.asarray(landmarks)[None], np.asarray(mean_landmarks)[None])[0])
+    return to_uint8(
+        warp_faces(np.asarray(image)[None], np.asarray(landmarks)[None], np.asarray(mean_landmarks)[None])[0]
+    )

@@ -23,6 +23,7 @@ import numpy as np
 
 from normalized_faces import alignment
 from normalized_faces import landmarks as lm
+from normalized_faces.config_flags import option
 
 # A generic 3-D face (millimetres, x right, y up, z towards the camera; nose tip at the origin) for
 # the 68-point indices below: average adult proportions, enough to read yaw and pitch to a few
@@ -54,14 +55,25 @@ class FilterThresholds:
     with contact sheets of the photos just inside and just outside each threshold
     (benchmarks/filter_calibration.py; README "Data prep filters" has the acceptance figures)."""
 
-    max_yaw: float = 27.0  # degrees: at 25 the dropped looked near-frontal, at 30 the kept looked turned
-    max_pitch: float = 20.0  # degrees
-    max_mouth_open: float = 0.2  # inner-lip gap / mouth width (closed: < 0.1; talking, toothy smiles: 0.2-0.6)
-    max_smile: float = 0.15  # corner lift / mouth width (neutral: -0.05..0.1; the dropped side at 0.15: smiles)
-    min_eye_open: float = 0.15  # eye aspect ratio (open: 0.2-0.45)
-    min_sharpness: float = 15.0  # Laplacian variance of 0..255 grey at the photo's resolution (LFW: 5%-95% 33-209)
-    min_chroma: float = 4.0  # mean |(Cr, Cb) - 128| of 0..255 (colour faces: 15-50; grey: 0)
-    max_glasses: float = 1.0  # bridge edge / face edge: above 1.0 nearly all wear glasses; thin frames score lower and pass
+    # degrees: at 25 the dropped looked near-frontal, at 30 the kept looked turned
+    max_yaw: float = option(27.0, "Filter: largest |yaw| in degrees (head pose from landmarks).")
+    max_pitch: float = option(20.0, "Filter: largest |pitch| in degrees.")
+    # closed: < 0.1; talking, toothy smiles: 0.2-0.6
+    max_mouth_open: float = option(0.2, "Filter: largest inner-lip gap / mouth width.")
+    # neutral: -0.05..0.1; the dropped side at 0.15: smiles
+    max_smile: float = option(0.15, "Filter: largest mouth-corner lift / mouth width.")
+    min_eye_open: float = option(0.15, "Filter: smallest eye aspect ratio (open: 0.2-0.45; closed eyes below ~0.15).")
+    # LFW: 5%-95% of faces 33-209
+    min_sharpness: float = option(
+        15.0, "Filter: smallest variance of the Laplacian of the face's 0..255 grey at the photo's resolution (blur)."
+    )
+    min_chroma: float = option(
+        4.0, "Filter: smallest mean |(Cr, Cb) - 128| of the face (colour faces: 15-50; monochrome ~0)."
+    )
+    # above 1.0 nearly all wear glasses; thin frames score lower and pass
+    max_glasses: float = option(
+        1.0, "Filter: largest nose-bridge edge strength / the face's (eyeglasses; clear frames score > 1)."
+    )
 
 
 def head_pose(aligned_landmarks: np.ndarray, size: int = lm.ALIGNED_SIZE) -> tuple[float, float]:
@@ -97,8 +109,10 @@ def smile(points: np.ndarray) -> float:
 
 def eye_openness(points: np.ndarray) -> float:
     def ratio(eye):
-        p = points[eye.start:eye.stop]
-        return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2.0 * max(np.linalg.norm(p[0] - p[3]), 1e-6))
+        p = points[eye.start : eye.stop]
+        return (np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (
+            2.0 * max(np.linalg.norm(p[0] - p[3]), 1e-6)
+        )
 
     return float(max(ratio(lm.RIGHT_EYE), ratio(lm.LEFT_EYE)))
 
@@ -122,7 +136,12 @@ def chroma(image: np.ndarray, points: np.ndarray) -> float:
     return float(np.hypot(ycrcb[..., 1][mask] - 128.0, ycrcb[..., 2][mask] - 128.0).mean())
 
 
-def source_resolution_crop(photo: np.ndarray, photo_points: np.ndarray, size: int = lm.ALIGNED_SIZE, interocular: float = lm.INTEROCULAR_DISTANCE):
+def source_resolution_crop(
+    photo: np.ndarray,
+    photo_points: np.ndarray,
+    size: int = lm.ALIGNED_SIZE,
+    interocular: float = lm.INTEROCULAR_DISTANCE,
+):
     """The aligned crop's framing at no more than the photo's own scale (downsampled, never
     upsampled): what sharpness is measured on, so a small sharp face does not read as blurry."""
     right, left = lm.eye_centers(np.asarray(photo_points, np.float64))
@@ -181,7 +200,12 @@ def first_failure(measures: dict, thresholds: FilterThresholds):
         ("head_pose_pitch", abs(measures["pitch"]) > thresholds.max_pitch, measures["pitch"], thresholds.max_pitch),
         ("blurry", measures["sharpness"] < thresholds.min_sharpness, measures["sharpness"], thresholds.min_sharpness),
         ("eyes_closed", measures["eye_open"] < thresholds.min_eye_open, measures["eye_open"], thresholds.min_eye_open),
-        ("mouth_open", measures["mouth_open"] > thresholds.max_mouth_open, measures["mouth_open"], thresholds.max_mouth_open),
+        (
+            "mouth_open",
+            measures["mouth_open"] > thresholds.max_mouth_open,
+            measures["mouth_open"],
+            thresholds.max_mouth_open,
+        ),
         ("smiling", measures["smile"] > thresholds.max_smile, measures["smile"], thresholds.max_smile),
         ("eyeglasses", measures["glasses"] > thresholds.max_glasses, measures["glasses"], thresholds.max_glasses),
     ]

@@ -18,21 +18,37 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_prep import inputs, stages
+from data_prep import stages
+from normalized_faces import inputs
 
 STATS_PREFIX = "_stats"
 MEAN_PREFIX = "_mean_landmarks"
 PREVIEW_PREFIX = "_preview"
 
 
-def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, config: stages.PrepConfig, num_shards: int = 4, preview_count: int = 8):
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    photo_inputs,
+    output_dir: str,
+    config: stages.PrepConfig,
+    num_shards: int = 4,
+    preview_count: int = 8,
+):
     """Adds the whole job to `pipeline`. Separate from main so tests run it on any runner."""
     join = FileSystems.join
     photos = pipeline | "Inputs" >> beam.Create(photo_inputs) | "Spread" >> beam.Reshuffle()
-    processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(stages.REJECTED, main="kept")
+    processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(
+        stages.REJECTED, main="kept"
+    )
     by_identity = processed.kept | "By identity" >> beam.GroupByKey()
-    averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(stages.REJECTED, main="faces")
-    mean_landmarks = averaged.faces | "Landmarks" >> beam.Map(lambda f: f.landmarks) | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
+    averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(
+        stages.REJECTED, main="faces"
+    )
+    mean_landmarks = (
+        averaged.faces
+        | "Landmarks" >> beam.Map(lambda f: f.landmarks)
+        | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
+    )
     mean_side = beam.pvalue.AsSingleton(mean_landmarks)
     faces = averaged.faces | "Decompose" >> beam.Map(stages.decompose, mean_side)
 
@@ -48,18 +64,27 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
         | "Plan morphs" >> beam.FlatMap(stages.plan_split_morphs, total_faces, config)
     )
     average_records = faces | "Serialize averages" >> beam.Map(stages.to_record)
-    morph_records = plans | "Spread plans" >> beam.Reshuffle() | "Make morphs" >> beam.ParDo(stages.MakeMorph(config, staging_dir), mean_side)
+    morph_records = (
+        plans
+        | "Spread plans" >> beam.Reshuffle()
+        | "Make morphs" >> beam.ParDo(stages.MakeMorph(config, staging_dir), mean_side)
+    )
 
     # Morph records go from MakeMorph to the writer in one fused stage: runner-chosen sharding
     # (num_shards=0) writes each bundle as it comes, where a fixed shard count would first group
     # every record in memory. The averages (one per identity) keep the requested shard count.
     for kind, collection, shards in (("averages", average_records, num_shards), ("morphs", morph_records, 0)):
-        by_split = collection | f"Split {kind}" >> beam.Partition(lambda record, _: 0 if record.split == "train" else 1, 2)
+        by_split = collection | f"Split {kind}" >> beam.Partition(
+            lambda record, _: 0 if record.split == "train" else 1, 2
+        )
         for split, part in zip(("train", "validation"), by_split):
             (
                 part
                 | f"{kind} {split} bytes" >> beam.Map(lambda record: record.data)
-                | f"Write {split} {kind}" >> beam.io.WriteToTFRecord(join(output_dir, f"{split}-{kind}"), file_name_suffix=".tfrecord", num_shards=shards)
+                | f"Write {split} {kind}"
+                >> beam.io.WriteToTFRecord(
+                    join(output_dir, f"{split}-{kind}"), file_name_suffix=".tfrecord", num_shards=shards
+                )
             )
     records = (average_records, morph_records)
 
@@ -67,7 +92,10 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
     (
         rejected
         | "Rejected to JSON" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-        | "Write rejected" >> beam.io.WriteToText(join(output_dir, "rejected"), file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
+        | "Write rejected"
+        >> beam.io.WriteToText(
+            join(output_dir, "rejected"), file_name_suffix=".jsonl", shard_name_template="", num_shards=1
+        )
     )
 
     # Counts taken from the data itself (not only Beam metrics, which some runners do not report).
@@ -77,28 +105,43 @@ def build_pipeline(pipeline: beam.Pipeline, photo_inputs, output_dir: str, confi
         average_records | "Count average records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
         morph_records | "Count morph records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
         plans | "Count planned morphs" >> beam.Map(lambda _: ("planned_morphs", 1)),
-        by_identity | "Count identities" >> beam.Map(lambda kv: ("identities_with_enough_photos", int(len(list(kv[1])) >= config.min_photos_per_identity))),
+        by_identity
+        | "Count identities"
+        >> beam.Map(
+            lambda kv: ("identities_with_enough_photos", int(len(list(kv[1])) >= config.min_photos_per_identity))
+        ),
         rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
     ) | "All counts" >> beam.Flatten()
     (
         counts
         | "Sum counts" >> beam.CombinePerKey(sum)
         | "Counts to JSON" >> beam.Map(json.dumps)
-        | "Write counts" >> beam.io.WriteToText(join(output_dir, STATS_PREFIX), file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
+        | "Write counts"
+        >> beam.io.WriteToText(
+            join(output_dir, STATS_PREFIX), file_name_suffix=".jsonl", shard_name_template="", num_shards=1
+        )
     )
     (
         mean_landmarks
         | "Mean to JSON" >> beam.Map(json.dumps)
-        | "Write mean" >> beam.io.WriteToText(join(output_dir, MEAN_PREFIX), file_name_suffix=".json", shard_name_template="", num_shards=1)
+        | "Write mean"
+        >> beam.io.WriteToText(
+            join(output_dir, MEAN_PREFIX), file_name_suffix=".json", shard_name_template="", num_shards=1
+        )
     )
     for kind, collection in zip(("average", "morph"), records):
         (
             collection
             | f"Key {kind} previews" >> beam.Map(lambda r: (r.key, r.data))
-            | f"Sample {kind}s" >> beam.combiners.Top.Smallest(preview_count, key=lambda kv: kv[0])  # deterministic sample
+            | f"Sample {kind}s"
+            >> beam.combiners.Top.Smallest(preview_count, key=lambda kv: kv[0])  # deterministic sample
             | f"Flatten {kind} previews" >> beam.FlatMap(lambda top: [data for _, data in top])
-            | f"Write {kind} previews" >> beam.io.WriteToTFRecord(
-                join(output_dir, f"{PREVIEW_PREFIX}_{kind}"), file_name_suffix=".tfrecord", shard_name_template="", num_shards=1
+            | f"Write {kind} previews"
+            >> beam.io.WriteToTFRecord(
+                join(output_dir, f"{PREVIEW_PREFIX}_{kind}"),
+                file_name_suffix=".tfrecord",
+                shard_name_template="",
+                num_shards=1,
             )
         )
     return pipeline
@@ -112,10 +155,13 @@ def _read_text(path):
 def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, seconds: float, speeds=None) -> dict:
     """After the pipeline: metadata.json and preview.png from its small side outputs; prints the summary."""
     from data_prep import preview
+    from normalized_faces.config_flags import leaf_fields
     from normalized_faces.data import METADATA_FILE
 
     join = FileSystems.join
-    counts = dict(json.loads(line) for line in _read_text(join(output_dir, f"{STATS_PREFIX}.jsonl")).splitlines() if line)
+    counts = dict(
+        json.loads(line) for line in _read_text(join(output_dir, f"{STATS_PREFIX}.jsonl")).splitlines() if line
+    )
     mean_text = _read_text(join(output_dir, f"{MEAN_PREFIX}.json")).strip()
     mean = json.loads(mean_text) if mean_text else None
     rejected = {key.split("/", 1)[1]: value for key, value in counts.items() if key.startswith("rejected/")}
@@ -142,7 +188,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         "interocular": config.interocular,
         "mean_landmarks": mean,
         "counts": summary,
-        "config": {key: value for key, value in flag_values.items()},
+        # The resolved PrepConfig (every field, thresholds included), then the job's own flags.
+        "config": {**{field.name: value for field, value in leaf_fields(config)}, **flag_values},
         "versions": {
             "python": platform.python_version(),
             "apache_beam": apache_beam.__version__,
@@ -155,8 +202,22 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     }
     with FileSystems.create(join(output_dir, METADATA_FILE)) as file:
         file.write(json.dumps(metadata, indent=2).encode())
-    preview_path = preview.write_preview(output_dir, join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"), join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"))
-    FileSystems.delete([join(output_dir, name) for name in (f"{STATS_PREFIX}.jsonl", f"{MEAN_PREFIX}.json", f"{PREVIEW_PREFIX}_average.tfrecord", f"{PREVIEW_PREFIX}_morph.tfrecord")])
+    preview_path = preview.write_preview(
+        output_dir,
+        join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"),
+        join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"),
+    )
+    FileSystems.delete(
+        [
+            join(output_dir, name)
+            for name in (
+                f"{STATS_PREFIX}.jsonl",
+                f"{MEAN_PREFIX}.json",
+                f"{PREVIEW_PREFIX}_average.tfrecord",
+                f"{PREVIEW_PREFIX}_morph.tfrecord",
+            )
+        ]
+    )
     staging_dir = join(output_dir, stages.STAGING_FOLDER)
     if FileSystems.exists(staging_dir):
         FileSystems.delete([staging_dir])
@@ -174,18 +235,28 @@ def check_books(summary: dict) -> None:
     or the averages written != the identities with enough photos."""
     problems = []
     if summary.get("identities_with_enough_photos", 0) != summary.get("written_averages", 0):
-        problems.append(f"{summary.get('identities_with_enough_photos', 0)} identities have enough photos, wrote {summary.get('written_averages', 0)} averages")
+        problems.append(
+            f"{summary.get('identities_with_enough_photos', 0)} identities have enough photos, "
+            f"wrote {summary.get('written_averages', 0)} averages"
+        )
     if summary["planned_morphs"] != summary["written_morphs"]:
         problems.append(f"planned {summary['planned_morphs']} morphs, wrote {summary['written_morphs']}")
     if summary["inputs"] != summary["accepted"] + summary["rejected"]:
-        problems.append(f"inputs {summary['inputs']} != accepted {summary['accepted']} + rejected {summary['rejected']}")
+        problems.append(
+            f"inputs {summary['inputs']} != accepted {summary['accepted']} + rejected {summary['rejected']}"
+        )
     if problems:
-        raise LostRecords("data prep's books do not balance: " + "; ".join(problems) + " (metadata.json has the counts)")
+        raise LostRecords(
+            "data prep's books do not balance: " + "; ".join(problems) + " (metadata.json has the counts)"
+        )
 
 
 def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
-    print(f"averages: identities with enough photos {summary['identities_with_enough_photos']} = written {summary['written_averages']}", file=stream)
+    print(
+        f"averages: identities with enough photos {summary['identities_with_enough_photos']} = written {summary['written_averages']}",
+        file=stream,
+    )
     print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
     for reason, count in summary["rejected_by_reason"].items():
         print(f"  rejected {reason}: {count}", file=stream)
@@ -194,8 +265,15 @@ def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     if summary.get("stage_speeds"):
         print(f"time: {summary['seconds']:.0f} s wall-clock; per stage (CPU time summed over workers):", file=stream)
         for name, speed in summary["stage_speeds"].items():
-            print(f"  {name:<12} {speed['items']:6d} items {speed['cpu_seconds']:8.1f} s  {speed['per_second_per_worker']} /s per worker", file=stream)
-    print(f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, {pathlib.Path(summary['preview']).name}", file=stream)
+            print(
+                f"  {name:<12} {speed['items']:6d} items {speed['cpu_seconds']:8.1f} s  {speed['per_second_per_worker']} /s per worker",
+                file=stream,
+            )
+    print(
+        f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, "
+        f"{pathlib.Path(summary['preview']).name}",
+        file=stream,
+    )
 
 
 LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner")
@@ -220,7 +298,15 @@ def pipeline_options(beam_args) -> PipelineOptions:
     return PipelineOptions(args + [f"--runner={runner}"])
 
 
-def run(input_path: str, output_dir: str, config: stages.PrepConfig, beam_args=(), num_shards=4, preview_count=8, flag_values=None) -> dict:
+def run(
+    input_path: str,
+    output_dir: str,
+    config: stages.PrepConfig,
+    beam_args=(),
+    num_shards=4,
+    preview_count=8,
+    flag_values=None,
+) -> dict:
     """Runs the whole job and returns the summary (what main prints)."""
     join = FileSystems.join
     photo_inputs = inputs.list_inputs(input_path)
@@ -229,7 +315,11 @@ def run(input_path: str, output_dir: str, config: stages.PrepConfig, beam_args=(
         FileSystems.mkdirs(output_dir)
     # Shard counts can differ between runs (morphs are sharded by bundle): records of an earlier
     # run in the same folder would be read together with this one's, so they go first.
-    stale = [m.path for pattern in ("train-*.tfrecord", "validation-*.tfrecord") for m in FileSystems.match([join(output_dir, pattern)])[0].metadata_list]
+    stale = [
+        m.path
+        for pattern in ("train-*.tfrecord", "validation-*.tfrecord")
+        for m in FileSystems.match([join(output_dir, pattern)])[0].metadata_list
+    ]
     if stale:
         logging.warning("data prep: removing %d record files of an earlier run in %s", len(stale), output_dir)
         FileSystems.delete(stale)
@@ -245,7 +335,9 @@ def stage_speeds(result) -> dict:
     """{stage: {"items", "cpu_seconds", "per_second_per_worker"}} from the stages' timers (stages.timed),
     or {} where the runner reports no distributions."""
     try:
-        distributions = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(stages.NAMESPACE))["distributions"]
+        distributions = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(stages.NAMESPACE))[
+            "distributions"
+        ]
     except Exception:  # noqa: BLE001 - metrics are a report, never a reason to fail the job
         return {}
     speeds = {}
@@ -258,8 +350,8 @@ def stage_speeds(result) -> dict:
         entry["items"] += value.count
         entry["cpu_seconds"] += value.sum / 1000.0
     for entry in speeds.values():
-        entry["per_second_per_worker"] = round(entry["items"] / entry["cpu_seconds"], 2) if entry["cpu_seconds"] else None
+        entry["per_second_per_worker"] = (
+            round(entry["items"] / entry["cpu_seconds"], 2) if entry["cpu_seconds"] else None
+        )
         entry["cpu_seconds"] = round(entry["cpu_seconds"], 1)
     return {name: speeds[name] for name in stages.STAGE_TIMERS if name in speeds}
-
-

@@ -7,7 +7,7 @@ compositing inside the convex hull of the mean landmarks, softened by a Gaussian
 result from the mean landmarks to the morphed landmarks.
 
 Nearest neighbours use scipy's cKDTree over compact descriptors (landmarks + a 12 x 12 texture
-thumbnail, each part scaled to unit RMS spread and weighted by `texture_weight`): a real
+thumbnail, each part scaled to unit RMS spread and weighted by `neighbour_texture_mix`): a real
 k-d tree, so planning scales to 100K+ faces.
 """
 
@@ -31,25 +31,30 @@ class MorphPlan:
     morph_id: int
     seed: str  # face key (identity) of A
     target: str  # of B
-    landmark_weight: float  # L = (1 - w) L_A + w L_B
-    texture_weight: float  # T = (1 - w) T_A + w T_B
+    landmark_blend: float  # L = (1 - w) L_A + w L_B
+    texture_blend: float  # T = (1 - w) T_A + w T_B
 
 
 def face_descriptor(texture: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(landmarks [136], texture thumbnail [12*12*3]) parts of the neighbour-search descriptor."""
-    thumbnail = cv2.resize(np.asarray(texture, np.float32) / 255.0, (THUMBNAIL_SIZE, THUMBNAIL_SIZE), interpolation=cv2.INTER_AREA)
+    thumbnail = cv2.resize(
+        np.asarray(texture, np.float32) / 255.0, (THUMBNAIL_SIZE, THUMBNAIL_SIZE), interpolation=cv2.INTER_AREA
+    )
     return np.asarray(landmarks, np.float64).reshape(-1), thumbnail.reshape(-1).astype(np.float64)
 
 
-def descriptor_matrix(landmark_parts, texture_parts, texture_weight: float) -> np.ndarray:
+def descriptor_matrix(landmark_parts, texture_parts, neighbour_texture_mix: float) -> np.ndarray:
     """Stacks descriptor parts; each part is centred and scaled to unit RMS spread, then weighted
     by sqrt(1 - w) (landmarks) and sqrt(w) (texture), so squared distances mix as (1-w) : w."""
-    if not 0.0 <= texture_weight <= 1.0:
-        raise ValueError(f"texture_weight must be in [0, 1], got {texture_weight}")
+    if not 0.0 <= neighbour_texture_mix <= 1.0:
+        raise ValueError(f"neighbour_texture_mix must be in [0, 1], got {neighbour_texture_mix}")
     parts = []
-    for values, weight in ((np.asarray(landmark_parts), 1.0 - texture_weight), (np.asarray(texture_parts), texture_weight)):
+    for values, weight in (
+        (np.asarray(landmark_parts), 1.0 - neighbour_texture_mix),
+        (np.asarray(texture_parts), neighbour_texture_mix),
+    ):
         centred = values - values.mean(axis=0)
-        spread = np.sqrt((centred ** 2).sum(axis=1).mean()) or 1.0
+        spread = np.sqrt((centred**2).sum(axis=1).mean()) or 1.0
         parts.append(centred / spread * np.sqrt(weight))
     return np.concatenate(parts, axis=1)
 
@@ -101,7 +106,14 @@ class PoissonCompositor:
     SuperLU factorization kept alive inside Beam made the process exit with code 120.)
     """
 
-    def __init__(self, mean_landmarks: np.ndarray, size: int, blur_sigma: float = 4.0, tolerance: float = 1e-3, max_iterations: int = 200):
+    def __init__(
+        self,
+        mean_landmarks: np.ndarray,
+        size: int,
+        blur_sigma: float = 4.0,
+        tolerance: float = 1e-3,
+        max_iterations: int = 200,
+    ):
         hull = cv2.convexHull(np.round(np.asarray(mean_landmarks) * 16).astype(np.int32))
         hard = np.zeros([size, size], np.uint8)
         cv2.fillConvexPoly(hard, hull, 255, lineType=cv2.LINE_AA, shift=4)
@@ -165,7 +177,8 @@ class PoissonCompositor:
         z = self._precondition(r)
         p = z.copy()
         rz = (r * z).sum(axis=(0, 1))
-        for self.iterations in range(1, self.max_iterations + 1):
+        for iteration in range(1, self.max_iterations + 1):
+            self.iterations = iteration  # reported by benchmarks/data_prep_bench.py
             ap = self._neg_laplacian(p)
             alpha = rz / np.maximum((p * ap).sum(axis=(0, 1)), 1e-30)
             x += alpha * p
@@ -202,9 +215,11 @@ def make_morph(plan: MorphPlan, seed_face, target_face, mean_landmarks, composit
     """
     seed_texture, seed_landmarks = seed_face
     target_texture, target_landmarks = target_face
-    w_l, w_t = plan.landmark_weight, plan.texture_weight
+    w_l, w_t = plan.landmark_blend, plan.texture_blend
     landmarks = (1.0 - w_l) * np.asarray(seed_landmarks) + w_l * np.asarray(target_landmarks)
-    blended = average.to_uint8(((1.0 - w_t) * seed_texture.astype(np.float64) + w_t * target_texture.astype(np.float64)) / 255.0)
+    blended = average.to_uint8(
+        ((1.0 - w_t) * seed_texture.astype(np.float64) + w_t * target_texture.astype(np.float64)) / 255.0
+    )
     texture = compositor(blended, seed_texture)  # the face pasted onto A's background
     image = average.to_uint8(average.warp_faces(texture[None], np.asarray(mean_landmarks)[None], landmarks[None])[0])
     return image, texture, landmarks

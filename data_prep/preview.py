@@ -22,12 +22,20 @@ def preview_sheet(averages, morphs) -> np.ndarray:
     for title, records, color in (("average", averages, (255, 40, 40)), ("morph", morphs, (40, 120, 255))):
         for record in records:
             name = record.identity if title == "average" else "+".join(record.parents)
-            cells.append((visualize.draw_landmarks(record.image, record.landmarks, color=color), record.texture, f"{title}: {name}"[:40]))
+            cells.append(
+                (
+                    visualize.draw_landmarks(record.image, record.landmarks, color=color),
+                    record.texture,
+                    f"{title}: {name}"[:40],
+                )
+            )
     if not cells:
-        return visualize.image_grid([[np.full([64, 64, 3], 255, np.uint8)]], labels=["no faces were produced: see rejected.jsonl"])
+        return visualize.image_grid(
+            [[np.full([64, 64, 3], 255, np.uint8)]], labels=["no faces were produced: see rejected.jsonl"]
+        )
     rows, row_labels, per_row = [], [], 4
     for start in range(0, len(cells), per_row):
-        chunk = cells[start:start + per_row]
+        chunk = cells[start : start + per_row]
         rows.append([image for cell in chunk for image in cell[:2]])
         row_labels.append(" | ".join(cell[2] for cell in chunk))
     sheet = visualize.image_grid(rows, column_titles=["face + landmarks", "texture"] * per_row)
@@ -42,9 +50,18 @@ def _caption_rows(sheet, labels, count):
     out = []
     for index in range(count):
         band = np.full([caption_height, sheet.shape[1], 3], 255, np.uint8)
-        cv2.putText(band, labels[index][: sheet.shape[1] // 7], (6, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            band,
+            labels[index][: sheet.shape[1] // 7],
+            (6, 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         out.append(band)
-        out.append(sheet[18 + index * height: 18 + (index + 1) * height])
+        out.append(sheet[18 + index * height : 18 + (index + 1) * height])
     return np.concatenate([sheet[:18]] + out)
 
 

@@ -20,9 +20,11 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from data_prep import average, decode, filters, morph
+from data_prep import average, filters, morph
 from normalized_faces import alignment
 from normalized_faces import landmarks as lm
+from normalized_faces.config_flags import option
+from normalized_faces.photos import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedPhoto, decode_photo
 
 log = logging.getLogger(__name__)
 REJECTED = "rejected"
@@ -33,23 +35,44 @@ NAMESPACE = "data_prep"
 class PrepConfig:
     """Every constant of data prep; the paper's values are the defaults."""
 
-    size: int = lm.ALIGNED_SIZE  # aligned crop (paper: 224)
-    interocular: float = lm.INTEROCULAR_DISTANCE  # paper: 55 px
-    min_photos_per_identity: int = 3  # paper: identities with >= 3 photos
-    detector: str = "hog"
-    upsample: int = 1
-    multiple_faces: str = "largest"  # or "reject"
-    min_face_interocular: float = 20.0  # px in the photo
-    max_pixels: int = decode.DEFAULT_MAX_PIXELS
-    min_side: int = decode.DEFAULT_MIN_SIDE
+    size: int = option(lm.ALIGNED_SIZE, "Aligned crop size in pixels (paper: 224).")
+    interocular: float = option(
+        lm.INTEROCULAR_DISTANCE, "Distance between the eye centres in the aligned crop (paper: 55)."
+    )
+    min_photos_per_identity: int = option(3, "Identities with fewer usable photos are not averaged (paper: 3).")
+    detector: str = option(
+        "hog",
+        "dlib face detector: HOG (fast), CNN/MMOD (better on hard poses, slower), or auto (HOG, CNN where HOG finds no face).",
+        choices=("hog", "cnn", "auto"),
+    )
+    upsample: int = option(1, "Times the detector upsamples the photo (finds smaller faces, slower).")
+    multiple_faces: str = option(
+        "largest", "Photos with several faces: keep the largest, or reject the photo.", choices=("largest", "reject")
+    )
+    min_face_interocular: float = option(
+        20.0, "Reject faces whose eyes are closer than this in the photo (px): too small."
+    )
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS, "Reject images whose header claims more pixels (decompression-bomb guard)."
+    )
+    min_side: int = option(DEFAULT_MIN_SIDE, "Reject images smaller than this on a side (px).")
     thresholds: filters.FilterThresholds = filters.FilterThresholds()
-    apply_filters: bool = True
-    num_morphs: int = 1_000_000  # paper: 1M
-    neighbours: int = 200  # paper: k = 200
-    texture_weight: float = 0.5  # not stated in the paper
-    composite_blur: float = 4.0  # px, Gaussian softening the compositing mask
-    validation_fraction: float = 0.1
-    seed: int = 0
+    apply_filters: bool = option(
+        True, "Apply the frontal/neutral/sharp/colour/eyeglasses filters (stage 4).", flag="filters"
+    )
+    num_morphs: int = option(
+        1_000_000, "Random morphs to make (paper: 1,000,000); split between train and validation by size."
+    )
+    neighbours: int = option(200, "A morph's partner is one of the seed's k nearest faces (paper: 200).")
+    neighbour_texture_mix: float = option(
+        0.5,
+        "How 'nearest' is measured for --neighbours: 0 = landmarks only, 1 = texture only (not stated in the paper).",
+    )
+    composite_blur: float = option(
+        4.0, "Gaussian sigma (px) softening the compositing mask (the mean landmarks' hull)."
+    )
+    validation_fraction: float = option(0.1, "Share of identities held out for validation.")
+    seed: int = option(0, "Seed of the morph plan: the same seed and inputs give the same records.")
 
 
 @dataclasses.dataclass
@@ -133,16 +156,26 @@ class ProcessPhoto(beam.DoFn):
         _count("photos_read")
         try:
             aligned = self.process_one(photo)
-        except decode.RejectedPhoto as rejected:
+        except RejectedPhoto as rejected:
             _count(f"rejected_{rejected.reason}")
             yield beam.pvalue.TaggedOutput(
-                REJECTED, rejection(photo.path, photo.identity, rejected.values.pop("stage", "photo"), rejected.reason, rejected.detail, **rejected.values)
+                REJECTED,
+                rejection(
+                    photo.path,
+                    photo.identity,
+                    rejected.values.pop("stage", "photo"),
+                    rejected.reason,
+                    rejected.detail,
+                    **rejected.values,
+                ),
             )
             return
         except Exception as error:  # noqa: BLE001 - one bad photo must never stop the job
             log.exception("unexpected failure on %s", photo.path)
             _count("rejected_error")
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(photo.path, photo.identity, "photo", "error", f"{type(error).__name__}: {error}"))
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, rejection(photo.path, photo.identity, "photo", "error", f"{type(error).__name__}: {error}")
+            )
             return
         _count("photos_kept")
         yield photo.identity, aligned
@@ -155,10 +188,10 @@ class ProcessPhoto(beam.DoFn):
                 with FileSystems.open(photo.path) as file:
                     data = file.read()
             except Exception as error:  # noqa: BLE001
-                raise decode.RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
+                raise RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
             try:
-                image = decode.decode_photo(data, config.max_pixels, config.min_side)
-            except decode.RejectedPhoto as rejected:
+                image = decode_photo(data, config.max_pixels, config.min_side)
+            except RejectedPhoto as rejected:
                 rejected.values["stage"] = "decode"
                 raise
         if photo.landmarks is not None:
@@ -167,17 +200,21 @@ class ProcessPhoto(beam.DoFn):
             with timed("detect"):
                 faces = self._detect(image)
             if not faces:
-                raise decode.RejectedPhoto("no_face", f"{config.detector} detector found no face", stage="detect")
+                raise RejectedPhoto("no_face", f"{config.detector} detector found no face", stage="detect")
             if len(faces) > 1:
                 _count("several_faces")
                 if config.multiple_faces == "reject":
-                    raise decode.RejectedPhoto("several_faces", f"{len(faces)} faces", stage="detect", faces=len(faces))
+                    raise RejectedPhoto("several_faces", f"{len(faces)} faces", stage="detect", faces=len(faces))
             points = faces[0].landmarks
         right, left = lm.eye_centers(points)
         interocular = float(np.linalg.norm(left - right))
         if interocular < config.min_face_interocular:
-            raise decode.RejectedPhoto(
-                "face_too_small", f"eyes {interocular:.1f} px apart", stage="detect", value=interocular, threshold=config.min_face_interocular
+            raise RejectedPhoto(
+                "face_too_small",
+                f"eyes {interocular:.1f} px apart",
+                stage="detect",
+                value=interocular,
+                threshold=config.min_face_interocular,
             )
         with timed("align_filter"):
             return self._align_and_filter(photo, image, points)
@@ -190,7 +227,9 @@ class ProcessPhoto(beam.DoFn):
             failure = filters.first_failure(measures, config.thresholds)
             if failure:
                 reason, value, threshold = failure
-                raise decode.RejectedPhoto(reason, f"{value:.3f} vs threshold {threshold:g}", stage="filter", value=value, threshold=threshold)
+                raise RejectedPhoto(
+                    reason, f"{value:.3f} vs threshold {threshold:g}", stage="filter", value=value, threshold=threshold
+                )
         return AlignedPhoto(photo.path, photo.identity, aligned.image, aligned.landmarks)
 
 
@@ -209,16 +248,28 @@ class AverageIdentity(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(
                     REJECTED,
                     rejection(
-                        photo.path, identity, "average", "too_few_photos",
+                        photo.path,
+                        identity,
+                        "average",
+                        "too_few_photos",
                         f"{identity} has {len(photos)} usable photos, fewer than {self.config.min_photos_per_identity}",
-                        value=len(photos), threshold=self.config.min_photos_per_identity,
+                        value=len(photos),
+                        threshold=self.config.min_photos_per_identity,
                     ),
                 )
             return
         with timed("average"):
             image, mean = average_photos(photos)
         _count("identities_averaged")
-        yield Face(identity, identity, "average", image, mean, [p.path for p in photos], split_of(identity, self.config.validation_fraction))
+        yield Face(
+            identity,
+            identity,
+            "average",
+            image,
+            mean,
+            [p.path for p in photos],
+            split_of(identity, self.config.validation_fraction),
+        )
 
 
 def average_photos(photos):
@@ -280,7 +331,13 @@ class StageFace(beam.DoFn):
 
     def _stage(self, face: Face):
         buffer = io.BytesIO()
-        np.savez(buffer, texture=face.texture, landmarks=np.asarray(face.landmarks, np.float64), identity=face.identity, split=face.split)
+        np.savez(
+            buffer,
+            texture=face.texture,
+            landmarks=np.asarray(face.landmarks, np.float64),
+            identity=face.identity,
+            split=face.split,
+        )
         with FileSystems.create(staged_face_path(self.staging_dir, face.key)) as file:
             file.write(buffer.getvalue())
         landmark_part, texture_part = morph.face_descriptor(face.texture, face.landmarks)
@@ -300,7 +357,12 @@ class Record:
 def to_record(face: Face) -> Record:
     from normalized_faces.data import FaceRecord, serialize_record
 
-    return Record(face.split, face.kind, face.key, serialize_record(FaceRecord(face.image, face.texture, face.landmarks, face.identity, face.kind, face.parents)))
+    return Record(
+        face.split,
+        face.kind,
+        face.key,
+        serialize_record(FaceRecord(face.image, face.texture, face.landmarks, face.identity, face.kind, face.parents)),
+    )
 
 
 class MakeMorph(beam.DoFn):
@@ -339,9 +401,24 @@ class MakeMorph(beam.DoFn):
         seed_texture, seed_landmarks, seed_identity, split = self._parent(plan.seed)
         target_texture, target_landmarks, target_identity, _ = self._parent(plan.target)
         compositor = morph.compositor_for(np.asarray(mean_landmarks), self.config.size, self.config.composite_blur)
-        image, texture, points = morph.make_morph(plan, (seed_texture, seed_landmarks), (target_texture, target_landmarks), np.asarray(mean_landmarks), compositor)
+        image, texture, points = morph.make_morph(
+            plan,
+            (seed_texture, seed_landmarks),
+            (target_texture, target_landmarks),
+            np.asarray(mean_landmarks),
+            compositor,
+        )
         _count("morphs")
-        return Face(f"morph-{split}-{plan.morph_id:08d}", seed_identity, "morph", image, points, [seed_identity, target_identity], split, texture)
+        return Face(
+            f"morph-{split}-{plan.morph_id:08d}",
+            seed_identity,
+            "morph",
+            image,
+            points,
+            [seed_identity, target_identity],
+            split,
+            texture,
+        )
 
 
 def plan_split_morphs(element, total_faces, config: PrepConfig):
@@ -351,9 +428,13 @@ def plan_split_morphs(element, total_faces, config: PrepConfig):
     if not entries or not total_faces:
         return []
     # The validation split gets its rounded share and train the rest, so the shares add up exactly.
-    validation_share = int(round(config.num_morphs * (len(entries) if split == "validation" else total_faces - len(entries)) / total_faces))
+    validation_share = int(
+        round(config.num_morphs * (len(entries) if split == "validation" else total_faces - len(entries)) / total_faces)
+    )
     share = validation_share if split == "validation" else config.num_morphs - validation_share
     keys = [key for key, _, _ in entries]
-    descriptors = morph.descriptor_matrix([l for _, l, _ in entries], [t for _, _, t in entries], config.texture_weight)
+    descriptors = morph.descriptor_matrix(
+        [points for _, points, _ in entries], [thumbnail for _, _, thumbnail in entries], config.neighbour_texture_mix
+    )
     seed = int.from_bytes(hashlib.sha256(f"{config.seed}/{split}".encode()).digest()[:4], "little")
     return morph.plan_morphs(keys, descriptors, share, config.neighbours, seed)

@@ -11,10 +11,12 @@ never face recognition (dlib's detector does not fire on them; use a manifest wi
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import cv2
 import numpy as np
 
+from normalized_faces import data
 from normalized_faces import landmarks as lm
 
 
@@ -38,7 +40,9 @@ def random_identity(rng: np.random.Generator, name: str) -> SyntheticIdentity:
         name=name,
         shape=shape,
         skin=tuple(np.clip(skin + rng.normal(0, 0.03, 3), 0, 1)),
-        hair=tuple(rng.choice([[0.1, 0.07, 0.05], [0.35, 0.2, 0.1], [0.75, 0.6, 0.3], [0.5, 0.5, 0.5]]) * rng.uniform(0.8, 1.1)),
+        hair=tuple(
+            rng.choice([[0.1, 0.07, 0.05], [0.35, 0.2, 0.1], [0.75, 0.6, 0.3], [0.5, 0.5, 0.5]]) * rng.uniform(0.8, 1.1)
+        ),
         iris=tuple(rng.choice([[0.25, 0.15, 0.08], [0.2, 0.4, 0.6], [0.3, 0.45, 0.25]])),
         lips=tuple(np.clip(np.array([0.75, 0.35, 0.35]) * rng.uniform(0.7, 1.1), 0, 1)),
     )
@@ -100,8 +104,8 @@ def render_face(
     canvas[:] = np.asarray(background, np.float32) * (0.85 + 0.3 * ys[..., None])
     eye_r, eye_l = lm.eye_centers(points)
     interocular = max(np.linalg.norm(eye_l - eye_r), 1.0)
-    jaw = points[lm.JAW.start:lm.JAW.stop]
-    brows = points[lm.RIGHT_BROW.start:lm.LEFT_BROW.stop]
+    jaw = points[lm.JAW.start : lm.JAW.stop]
+    brows = points[lm.RIGHT_BROW.start : lm.LEFT_BROW.stop]
     up = np.array([-(eye_l - eye_r)[1], (eye_l - eye_r)[0]]) / interocular  # towards the chin
     forehead = brows[::-1] - up * 0.55 * interocular
     head = np.concatenate([jaw, forehead])
@@ -112,23 +116,47 @@ def render_face(
     cv2.fillPoly(canvas, [_poly(hair)], identity.hair, cv2.LINE_AA, shift=4)
     thickness = max(1, int(round(interocular / 14)))
     for brow in (lm.RIGHT_BROW, lm.LEFT_BROW):
-        cv2.polylines(canvas, [_poly(points[brow.start:brow.stop])], False, [c * 0.8 for c in identity.hair], thickness, cv2.LINE_AA, shift=4)
+        cv2.polylines(
+            canvas,
+            [_poly(points[brow.start : brow.stop])],
+            False,
+            [c * 0.8 for c in identity.hair],
+            thickness,
+            cv2.LINE_AA,
+            shift=4,
+        )
     for eye, centre in ((lm.RIGHT_EYE, eye_r), (lm.LEFT_EYE, eye_l)):
-        outline = points[eye.start:eye.stop]
+        outline = points[eye.start : eye.stop]
         cv2.fillPoly(canvas, [_poly(outline)], (0.95, 0.95, 0.95), cv2.LINE_AA, shift=4)
         opening = np.linalg.norm(outline[1] - outline[5]) + np.linalg.norm(outline[2] - outline[4])
         radius = int(min(0.11 * interocular, 0.35 * opening + 1) * s)
         cv2.circle(canvas, tuple(int(v) for v in _poly(centre)), radius, identity.iris, -1, cv2.LINE_AA, shift=4)
-        cv2.circle(canvas, tuple(int(v) for v in _poly(centre)), radius // 2, (0.05, 0.05, 0.05), -1, cv2.LINE_AA, shift=4)
+        cv2.circle(
+            canvas, tuple(int(v) for v in _poly(centre)), radius // 2, (0.05, 0.05, 0.05), -1, cv2.LINE_AA, shift=4
+        )
         cv2.polylines(canvas, [_poly(outline)], True, (0.2, 0.12, 0.1), 1, cv2.LINE_AA, shift=4)
     nose_shade = [c * 0.75 for c in identity.skin]
-    cv2.polylines(canvas, [_poly(points[lm.NOSE_BRIDGE.start:lm.NOSE_BRIDGE.stop])], False, nose_shade, 1, cv2.LINE_AA, shift=4)
-    nose_bottom = points[lm.NOSE_BOTTOM.start:lm.NOSE_BOTTOM.stop]
+    cv2.polylines(
+        canvas, [_poly(points[lm.NOSE_BRIDGE.start : lm.NOSE_BRIDGE.stop])], False, nose_shade, 1, cv2.LINE_AA, shift=4
+    )
+    nose_bottom = points[lm.NOSE_BOTTOM.start : lm.NOSE_BOTTOM.stop]
     cv2.polylines(canvas, [_poly(nose_bottom)], False, nose_shade, 1, cv2.LINE_AA, shift=4)
     for nostril in (nose_bottom[1], nose_bottom[3]):  # points 32 and 34
-        cv2.circle(canvas, tuple(int(v) for v in _poly(nostril)), int(0.04 * interocular * s), [c * 0.45 for c in identity.skin], -1, cv2.LINE_AA, shift=4)
-    cv2.fillPoly(canvas, [_poly(points[lm.OUTER_MOUTH.start:lm.OUTER_MOUTH.stop])], identity.lips, cv2.LINE_AA, shift=4)
-    cv2.fillPoly(canvas, [_poly(points[lm.INNER_MOUTH.start:lm.INNER_MOUTH.stop])], (0.25, 0.05, 0.05), cv2.LINE_AA, shift=4)
+        cv2.circle(
+            canvas,
+            tuple(int(v) for v in _poly(nostril)),
+            int(0.04 * interocular * s),
+            [c * 0.45 for c in identity.skin],
+            -1,
+            cv2.LINE_AA,
+            shift=4,
+        )
+    cv2.fillPoly(
+        canvas, [_poly(points[lm.OUTER_MOUTH.start : lm.OUTER_MOUTH.stop])], identity.lips, cv2.LINE_AA, shift=4
+    )
+    cv2.fillPoly(
+        canvas, [_poly(points[lm.INNER_MOUTH.start : lm.INNER_MOUTH.stop])], (0.25, 0.05, 0.05), cv2.LINE_AA, shift=4
+    )
     # Lighting: a linear ramp across the image, as from a light off to one side.
     lx, ly = light
     canvas *= (1.0 + lx * (xs - 0.5) * 2 + ly * (ys - 0.5) * 2)[..., None]
@@ -156,7 +184,6 @@ def write_synthetic_dataset(output_dir, num_identities=6, photos_per_identity=4,
       The manifest's path.
     """
     import json
-    import pathlib
 
     output_dir = pathlib.Path(output_dir)
     rng = np.random.default_rng(seed)
@@ -169,7 +196,28 @@ def write_synthetic_dataset(output_dir, num_identities=6, photos_per_identity=4,
             image, points = synthetic_photo(identity, rng, size=size)
             path = folder / f"{j:02d}.png"
             cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            lines.append(json.dumps({"path": f"photos/{identity.name}/{path.name}", "identity": identity.name, "landmarks": np.round(points, 3).tolist()}))
+            lines.append(
+                json.dumps(
+                    {
+                        "path": f"photos/{identity.name}/{path.name}",
+                        "identity": identity.name,
+                        "landmarks": np.round(points, 3).tolist(),
+                    }
+                )
+            )
     manifest = output_dir / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return str(manifest)
+
+
+def make_tiny_data(data_dir: str, seed: int = 0) -> None:
+    """Runs the real data prep job on synthetic faces (in this process) unless data_dir has records."""
+    if list(pathlib.Path(data_dir).glob("train-*.tfrecord")) and (pathlib.Path(data_dir) / data.METADATA_FILE).exists():
+        return
+    from data_prep import job, stages
+
+    photos = pathlib.Path(data_dir) / "photos"
+    manifest = write_synthetic_dataset(photos, num_identities=8, photos_per_identity=3, seed=seed)
+    config = stages.PrepConfig(num_morphs=40, validation_fraction=0.3, seed=seed)
+    summary = job.run(manifest, data_dir, config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4)
+    print(f"made tiny synthetic data in {data_dir}: {summary['records']}", flush=True)

@@ -43,14 +43,18 @@ flags.DEFINE_integer("num_morphs", 20_000, "Random morphs data prep makes (the p
 # The CPU recipe (README "Results" says how it was chosen). The paper's decoder has a 51M-weight
 # fully connected layer (14 x 14 x 256 from 1024 features): 100 MB in float16, beyond the 40 MB
 # the shipped model may take, and its 5 x 5 transposed convs at 224 px cost ~10 GFLOP a face.
-flags.DEFINE_integer("feature_dim", 512, "Width of the layer between the encoder's features and the decoders (paper: 1024).")
+flags.DEFINE_integer(
+    "feature_dim", 512, "Width of the layer between the encoder's features and the decoders (paper: 1024)."
+)
 flags.DEFINE_integer("texture_base_channels", 128, "Channels at 14 x 14 in the texture decoder (paper: 256).")
 flags.DEFINE_integer("batch_size", 16, "Batch size of both trainings.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam's learning rate.")
 flags.DEFINE_integer("train_steps", 6000, "Steps of the model with the identity loss.")
 flags.DEFINE_integer("ablation_steps", None, "Steps of the model without it (default: the same).")
 flags.DEFINE_float("identity_weight", 0.1, "Weight of the identity loss (the paper's value is our default).")
-flags.DEFINE_integer("test_photos_per_person", 5, "Test photos per test person (the first by name): bounds the evaluation's time.")
+flags.DEFINE_integer(
+    "test_photos_per_person", 5, "Test photos per test person (the first by name): bounds the evaluation's time."
+)
 flags.DEFINE_integer("grid_people", 8, "Test people in the result grid.")
 
 VARIANTS = {"with_identity": "with the identity loss", "without_identity": "without (ablation)"}
@@ -112,17 +116,19 @@ def prepare_data(run_dir: pathlib.Path, people, split, num_morphs):
         return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
     manifest = photo_manifest(people, split["train"] + split["validation"], run_dir / "trainval_photos.csv")
     config = stages.PrepConfig(num_morphs=num_morphs)
-    summary = job.run(str(manifest), str(data_dir), config, flag_values={"num_morphs": num_morphs, "input": str(manifest)})
+    summary = job.run(
+        str(manifest), str(data_dir), config, flag_values={"num_morphs": num_morphs, "input": str(manifest)}
+    )
     job.print_summary(summary, str(data_dir))
     return summary, True
 
 
 def train_config(run_dir: pathlib.Path, name: str):
-    from normalized_faces.train import TrainConfig
+    from normalized_faces.config import TrainConfig
 
     with_identity = name == "with_identity"
     steps = FLAGS.train_steps if with_identity else (FLAGS.ablation_steps or FLAGS.train_steps)
-    return TrainConfig(
+    return TrainConfig().replace(
         data_dir=str(run_dir / "data"),
         model_dir=str(run_dir / name),
         encoder="facenet",
@@ -237,17 +243,28 @@ def _pct(value):
 
 
 def results_markdown(reports: dict, data_counts: dict, times: dict) -> str:
-    lines = ["| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
+        "|---|---|---|---|---|---|",
+    ]
     for judge in ("dlib_resnet", "facenet"):
         first = reports["with_identity"]["judges"][judge]
         for name, label in VARIANTS.items():
             n = reports[name]["judges"][judge]["normalized"]
-            lines.append(f"| {judge} | normalized, {label} | {_pct(n['rank1'])} | {_pct(n['rank5'])} | {_pct(n['genuine'])} | {_pct(n['impostor'])} |")
+            lines.append(
+                f"| {judge} | normalized, {label} | {_pct(n['rank1'])} | {_pct(n['rank5'])} | "
+                f"{_pct(n['genuine'])} | {_pct(n['impostor'])} |"
+            )
         base = first.get("mean_face_baseline")
         if base:
-            lines.append(f"| {judge} | mean face (baseline) | {_pct(base['rank1'])} | {_pct(base['rank5'])} | {_pct(base['genuine'])} | {_pct(base['impostor'])} |")
+            lines.append(
+                f"| {judge} | mean face (baseline) | {_pct(base['rank1'])} | {_pct(base['rank5'])} | "
+                f"{_pct(base['genuine'])} | {_pct(base['impostor'])} |"
+            )
         ceiling = first["photos_ceiling"]
-        lines.append(f"| {judge} | the photos themselves (ceiling) | {_pct(ceiling['rank1'])} | {_pct(ceiling['rank5'])} | | |")
+        lines.append(
+            f"| {judge} | the photos themselves (ceiling) | {_pct(ceiling['rank1'])} | {_pct(ceiling['rank5'])} | | |"
+        )
         lines.append(f"| {judge} | chance | {_pct(first['chance']['rank1'])} | {_pct(first['chance']['rank5'])} | | |")
     first = reports["with_identity"]
     lines += [

@@ -44,8 +44,8 @@ def split_people(people: dict, seed: int = SEED) -> dict:
     order = np.random.default_rng(seed).permutation(len(eligible))
     shuffled = [eligible[i] for i in order]
     test = sorted(shuffled[:TEST_PEOPLE])
-    validation = sorted(shuffled[TEST_PEOPLE:TEST_PEOPLE + VALIDATION_PEOPLE])
-    train = sorted(shuffled[TEST_PEOPLE + VALIDATION_PEOPLE:])
+    validation = sorted(shuffled[TEST_PEOPLE : TEST_PEOPLE + VALIDATION_PEOPLE])
+    train = sorted(shuffled[TEST_PEOPLE + VALIDATION_PEOPLE :])
     other = sorted(name for name, photos in people.items() if len(photos) < MIN_PHOTOS)
     return {"train": train, "validation": validation, "test": test, "other": other}
 
@@ -83,7 +83,10 @@ def sample_pairs(people: dict, names, count: int, seed: int = SEED) -> list:
             pair = (people[name][a], people[name][b])
         else:
             i, j = rng.choice(len(names), 2, replace=False)
-            pair = (people[names[i]][rng.integers(len(people[names[i]]))], people[names[j]][rng.integers(len(people[names[j]]))])
+            pair = (
+                people[names[i]][rng.integers(len(people[names[i]]))],
+                people[names[j]][rng.integers(len(people[names[j]]))],
+            )
         key = tuple(sorted(map(str, pair)))
         if key in seen:
             continue

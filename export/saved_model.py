@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from normalized_faces import inference  # noqa: E402
-from normalized_faces.train import MEAN_FACE_FILE  # noqa: E402
+from normalized_faces.config import MEAN_FACE_FILE  # noqa: E402
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG"
@@ -55,7 +55,8 @@ class ServingModule(tf.Module):
         header = tf.strings.substr(encoded, 0, 4)
         supported = tf.logical_or(tf.strings.substr(header, 0, 3) == JPEG_MAGIC, header == PNG_MAGIC)
         check = tf.debugging.Assert(
-            supported, ["each request image must be JPEG or PNG bytes of an aligned face crop; got bytes starting", header]
+            supported,
+            ["each request image must be JPEG or PNG bytes of an aligned face crop; got bytes starting", header],
         )
         with tf.control_dependencies([check]):
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
@@ -64,7 +65,9 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
-        decoded = tf.map_fn(self._decode, images, fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32))
+        decoded = tf.map_fn(
+            self._decode, images, fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32)
+        )
         return inference.model_outputs(self.model, decoded)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
@@ -98,7 +101,9 @@ def write_warmup_requests(path: pathlib.Path, model_name: str, size: int) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for signature, tensor in requests:
-            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
             request.inputs["images"].CopyFrom(tensor)
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
@@ -109,7 +114,9 @@ def next_version(export_dir: pathlib.Path) -> int:
     return max(existing, default=0) + 1
 
 
-def export(model_dir, export_dir, version: int | None = None, model_name: str = "normalized_faces", overwrite: bool = False) -> pathlib.Path:
+def export(
+    model_dir, export_dir, version: int | None = None, model_name: str = "normalized_faces", overwrite: bool = False
+) -> pathlib.Path:
     """Exports the latest checkpoint of a training run, or (model_dir None) the shipped model. Returns export_dir/version."""
     from normalized_faces import pretrained
 
@@ -119,14 +126,18 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
     version = version or next_version(export_dir)
     target = export_dir / str(version)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists: TF Serving versions are immutable; pass another --version (or --overwrite)")
+        raise FileExistsError(
+            f"{target} exists: TF Serving versions are immutable; pass another --version (or --overwrite)"
+        )
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = export_dir / f".{version}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         module = ServingModule(model)
         tf.saved_model.save(
-            module, str(staging), signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images}
+            module,
+            str(staging),
+            signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images},
         )
         write_warmup_requests(staging / "assets.extra" / "tf_serving_warmup_requests", model_name, model.image_size)
         threshold = model.encoder.threshold
@@ -137,7 +148,12 @@ def export(model_dir, export_dir, version: int | None = None, model_name: str = 
             "encoder_name": model.encoder.encoder_name,
             "image_size": model.image_size,
             "mean_landmarks": model.mean_landmarks.tolist(),
-            "threshold": {"value": threshold.value, "output": threshold.output, "distance": threshold.distance, "source": threshold.source},
+            "threshold": {
+                "value": threshold.value,
+                "output": threshold.output,
+                "distance": threshold.distance,
+                "source": threshold.source,
+            },
         }
         (staging / inference.EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
         mean_face = source_dir / MEAN_FACE_FILE
@@ -156,10 +172,16 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model_dir", None, "A training run (train_main.py's --model_dir); default: the model shipped with the package.")
-    flags.DEFINE_string("export_dir", None, "Base folder; the model goes to export_dir/<version>/ as TF Serving expects.")
+    flags.DEFINE_string(
+        "model_dir", None, "A training run (train_main.py's --model_dir); default: the model shipped with the package."
+    )
+    flags.DEFINE_string(
+        "export_dir", None, "Base folder; the model goes to export_dir/<version>/ as TF Serving expects."
+    )
     flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).")
-    flags.DEFINE_string("model_name", "normalized_faces", "Model name used in the warm-up requests (TF Serving's --model_name).")
+    flags.DEFINE_string(
+        "model_name", "normalized_faces", "Model name used in the warm-up requests (TF Serving's --model_name)."
+    )
     flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
 
 
@@ -170,7 +192,10 @@ def main(argv):
     target = export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version, FLAGS.model_name, FLAGS.overwrite)
     print(f"exported {target}")
     print(f"inspect: saved_model_cli show --dir {target} --all")
-    print(f"serve:   tensorflow_model_server --rest_api_port=8501 --model_name={FLAGS.model_name} --model_base_path={pathlib.Path(FLAGS.export_dir).resolve()}")
+    print(
+        f"serve:   tensorflow_model_server --rest_api_port=8501 --model_name={FLAGS.model_name} "
+        f"--model_base_path={pathlib.Path(FLAGS.export_dir).resolve()}"
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def tensors_from_rest_body(body: str) -> tuple[str, dict]:
         columns = {INPUT_NAME: [value(instance) for instance in instances]}
     tensors = {}
     for name, column in columns.items():
-        tensors[name] = np.array(column, dtype=object) if isinstance(column[0], bytes) else np.asarray(column, np.float32)
+        tensors[name] = (
+            np.array(column, dtype=object) if isinstance(column[0], bytes) else np.asarray(column, np.float32)
+        )
     return request.get("signature_name", "serving_default"), tensors
 
 

@@ -19,14 +19,22 @@ def central_box(size: int = lm.ALIGNED_SIZE) -> tuple[slice, slice]:
     skin and features, no background or hair."""
     points = lm.template_landmarks(size)
     left, right = points[36, 0], points[45, 0]
-    top, bottom = points[lm.RIGHT_EYE.start:lm.LEFT_EYE.stop, 1].mean(), points[lm.OUTER_MOUTH.start:lm.OUTER_MOUTH.stop, 1].mean()
+    top, bottom = (
+        points[lm.RIGHT_EYE.start : lm.LEFT_EYE.stop, 1].mean(),
+        points[lm.OUTER_MOUTH.start : lm.OUTER_MOUTH.stop, 1].mean(),
+    )
     return slice(int(round(top)), int(round(bottom))), slice(int(round(left)), int(round(right)))
 
 
 def mean_ycrcb(image: np.ndarray, box=None) -> np.ndarray:
     """Mean (Y, Cr, Cb) of an RGB uint8 image's central box: [3] in 0..255."""
     rows, cols = box or central_box(image.shape[0])
-    return cv2.cvtColor(np.ascontiguousarray(image[rows, cols]), cv2.COLOR_RGB2YCrCb).reshape(-1, 3).astype(np.float64).mean(axis=0)
+    return (
+        cv2.cvtColor(np.ascontiguousarray(image[rows, cols]), cv2.COLOR_RGB2YCrCb)
+        .reshape(-1, 3)
+        .astype(np.float64)
+        .mean(axis=0)
+    )
 
 
 def piecewise_linear(values: np.ndarray, source_mean: float, target_mean: float) -> np.ndarray:

@@ -47,7 +47,9 @@ def alignment_matrix(landmarks, size=lm.ALIGNED_SIZE, interocular=lm.INTEROCULAR
     return np.concatenate([rotation_scale, translation[:, None]], axis=1)
 
 
-def align_face(image, landmarks, size=lm.ALIGNED_SIZE, interocular=lm.INTEROCULAR_DISTANCE, border=cv2.BORDER_REPLICATE) -> AlignedFace:
+def align_face(
+    image, landmarks, size=lm.ALIGNED_SIZE, interocular=lm.INTEROCULAR_DISTANCE, border=cv2.BORDER_REPLICATE
+) -> AlignedFace:
     """Crops the aligned face: eyes level and `interocular` px apart, at the template's eye positions.
 
     Args:

@@ -7,9 +7,10 @@
 training run's model_dir. Photos of any size: faces are found with dlib (or taken from the
 manifest's landmarks), aligned exactly as in data prep, and normalized. Writes one PNG per face
 (<photo>.png, or <photo>_face<i>.png for photos with several) and grid.png (a row per face: aligned
-input | normalized face); photos sharing a file name get their folder's name in front. --adjust_colors also writes <photo>_adjusted.png, the paper's automatic
-photo adjustment. Unreadable photos and photos without a face get a line each and the rest go on;
-the exit code is 1 if any photo failed, else 0.
+input | normalized face); photos sharing a file name get their folder's name in front.
+--adjust_colors also writes <photo>_adjusted.png, the paper's automatic photo adjustment.
+Unreadable photos and photos without a face get a line each and the rest go on; the exit code is
+1 if any photo failed, else 0.
 """
 
 from __future__ import annotations
@@ -28,16 +29,33 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model", None, "Exported SavedModel (version or base folder) or a training model_dir; default: the model shipped with the package.")
+    flags.DEFINE_string(
+        "model",
+        None,
+        "Exported SavedModel (version or base folder) or a training model_dir; default: the model shipped with the package.",
+    )
     flags.DEFINE_string("output_dir", None, "Where normalized faces and grid.png go.")
-    flags.DEFINE_string("manifest", None, "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).")
-    flags.DEFINE_bool("adjust_colors", False, "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).")
+    flags.DEFINE_string(
+        "manifest",
+        None,
+        "Optional .jsonl/.csv with path[, identity], landmarks: skips detection (e.g. synthetic faces).",
+    )
+    flags.DEFINE_bool(
+        "adjust_colors",
+        False,
+        "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).",
+    )
     flags.DEFINE_bool("save_aligned", False, "Also write the aligned 224 x 224 input crops (<photo>_aligned.png).")
-    flags.DEFINE_enum("detector", "auto", ["auto", "hog", "cnn"], "dlib face detector: auto = HOG, and its CNN detector for photos where HOG finds no face.")
+    flags.DEFINE_enum(
+        "detector",
+        "auto",
+        ["auto", "hog", "cnn"],
+        "dlib face detector: auto = HOG, and its CNN detector for photos where HOG finds no face.",
+    )
     flags.DEFINE_integer("batch_size", 16, "Faces per model call.")
 
 
-class FaceJob:
+class FoundFace:
     """One face to normalize: where it came from and its aligned crop."""
 
     def __init__(self, photo_path, index, count, photo, aligned):
@@ -52,22 +70,22 @@ class FaceJob:
         return stem + (f"_face{self.index}" if self.count > 1 else "")
 
 
-def output_names(jobs) -> list:
-    """File stems for the jobs: the photo's name, prefixed by its folder when two photos share a name
+def output_names(faces_found) -> list:
+    """File stems for the faces: the photo's name, prefixed by its folder when two photos share a name
     (e.g. person_a/01.jpg and person_b/01.jpg), so no output overwrites another."""
     photos_by_stem = {}
-    for job in jobs:
-        photos_by_stem.setdefault(job.photo_path.stem, set()).add(job.photo_path)
-    return [job.name(with_folder=len(photos_by_stem[job.photo_path.stem]) > 1) for job in jobs]
+    for found in faces_found:
+        photos_by_stem.setdefault(found.photo_path.stem, set()).add(found.photo_path)
+    return [found.name(with_folder=len(photos_by_stem[found.photo_path.stem]) > 1) for found in faces_found]
 
 
 def collect_faces(paths_and_landmarks, detector_model="auto", report=print):
-    """Decodes, finds and aligns every face; reports each problem. Returns (jobs, failed paths)."""
-    from data_prep.decode import RejectedPhoto, decode_photo
+    """Decodes, finds and aligns every face; reports each problem. Returns (faces_found, failed paths)."""
     from normalized_faces import alignment
+    from normalized_faces.photos import RejectedPhoto, decode_photo
 
     detector = None
-    jobs, failed = [], []
+    faces_found, failed = [], []
     for path, landmarks in paths_and_landmarks:
         try:
             image = decode_photo(pathlib.Path(path).read_bytes())
@@ -94,22 +112,31 @@ def collect_faces(paths_and_landmarks, detector_model="auto", report=print):
         if len(faces) > 1:
             report(f"{path}: {len(faces)} faces, normalizing each (largest first)")
         for index, points in enumerate(faces):
-            jobs.append(FaceJob(path, index, len(faces), image, alignment.align_face(image, points)))
-    return jobs, failed
+            faces_found.append(FoundFace(path, index, len(faces), image, alignment.align_face(image, points)))
+    return faces_found, failed
 
 
-def normalize(model, jobs, batch_size=16):
-    """Runs the model over the jobs' aligned crops: list of output dicts (numpy, one per job)."""
+def normalize(model, faces_found, batch_size=16):
+    """Runs the model over the faces' aligned crops: a list of output dicts (numpy, one per face)."""
     results = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        outputs = model(np.stack([job.aligned.image for job in chunk]).astype(np.float32) / 255.0)
+    for start in range(0, len(faces_found), batch_size):
+        chunk = faces_found[start : start + batch_size]
+        outputs = model(np.stack([found.aligned.image for found in chunk]).astype(np.float32) / 255.0)
         results += [{k: v[i] for k, v in outputs.items()} for i in range(len(chunk))]
     return results
 
 
 def run(
-    model_path, output_dir, photos, manifest=None, adjust_colors=False, save_aligned=False, detector="auto", batch_size=16, report=print, items=()
+    model_path,
+    output_dir,
+    photos,
+    manifest=None,
+    adjust_colors=False,
+    save_aligned=False,
+    detector="auto",
+    batch_size=16,
+    report=print,
+    items=(),
 ) -> int:
     """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize
@@ -117,34 +144,34 @@ def run(
     output_dir = pathlib.Path(output_dir)
     items = [(p, None) for p in photos] + list(items)
     if manifest:
-        from data_prep.inputs import read_manifest
+        from normalized_faces.inputs import read_manifest
 
         items += [(entry.path, entry.landmarks) for entry in read_manifest(manifest)]
     if not items:
         report("no photos given")
         return 2
     model = inference.load_model(model_path)
-    jobs, failed = collect_faces(items, detector, report)
+    faces_found, failed = collect_faces(items, detector, report)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = normalize(model, jobs, batch_size) if jobs else []
+    results = normalize(model, faces_found, batch_size) if faces_found else []
     rows, labels = [], []
-    for job, name, result in zip(jobs, output_names(jobs), results):
+    for found, name, result in zip(faces_found, output_names(faces_found), results):
         normalized = result["normalized_face"]
         visualize.write_png(output_dir / f"{name}.png", normalized)
         if save_aligned:
-            visualize.write_png(output_dir / f"{name}_aligned.png", job.aligned.image)
-        row = [job.aligned.image, normalized]
+            visualize.write_png(output_dir / f"{name}_aligned.png", found.aligned.image)
+        row = [found.aligned.image, normalized]
         if adjust_colors:
-            adjusted = adjust.adjust_photo(job.photo, job.aligned.image, normalized)
+            adjusted = adjust.adjust_photo(found.photo, found.aligned.image, normalized)
             visualize.write_png(output_dir / f"{name}_adjusted.png", adjusted)
-            row.append(adjust.adjust_photo(job.aligned.image, job.aligned.image, normalized))
+            row.append(adjust.adjust_photo(found.aligned.image, found.aligned.image, normalized))
         rows.append(row)
         labels.append(name[:24])
     if rows:
         titles = ["input (aligned)", "normalized"] + (["adjusted"] if adjust_colors else [])
         visualize.write_png(output_dir / "grid.png", visualize.image_grid(rows, labels=labels, column_titles=titles))
     report(
-        f"normalized {len(jobs)} faces from {len(items) - len(failed)} of {len(items)} photos with {model.kind} {model.source}; "
+        f"normalized {len(faces_found)} faces from {len(items) - len(failed)} of {len(items)} photos with {model.kind} {model.source}; "
         f"wrote {output_dir}" + ("/grid.png" if rows else "") + (f"; {len(failed)} photos failed" if failed else "")
     )
     return 1 if failed else 0
@@ -157,7 +184,16 @@ def main(argv):
     if not photos and not FLAGS.manifest:
         raise app.UsageError("give photos (or --manifest)")
     sys.exit(
-        run(FLAGS.model, FLAGS.output_dir, photos, FLAGS.manifest, FLAGS.adjust_colors, FLAGS.save_aligned, FLAGS.detector, FLAGS.batch_size)
+        run(
+            FLAGS.model,
+            FLAGS.output_dir,
+            photos,
+            FLAGS.manifest,
+            FLAGS.adjust_colors,
+            FLAGS.save_aligned,
+            FLAGS.detector,
+            FLAGS.batch_size,
+        )
     )
 
 

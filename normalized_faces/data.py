@@ -75,7 +75,9 @@ def serialize_record(record: FaceRecord) -> bytes:
         raise ValueError(f"landmarks must be [{NUM_LANDMARKS}, 2], got {landmarks.shape}")
     size = record.image.shape[0]
     if record.texture.shape != record.image.shape or record.image.shape[:2] != (size, size):
-        raise ValueError(f"image and texture must be the same square size, got {record.image.shape} and {record.texture.shape}")
+        raise ValueError(
+            f"image and texture must be the same square size, got {record.image.shape} and {record.texture.shape}"
+        )
 
     def bytes_feature(values):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
@@ -149,7 +151,9 @@ def record_files(data_dir, split: str) -> list:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     files = sorted(str(p) for p in pathlib.Path(data_dir).glob(f"{split}-*.tfrecord"))
     if not files:
-        raise FileNotFoundError(f"no {split}-*.tfrecord files in {data_dir}: run data prep (python -m data_prep.pipeline) first")
+        raise FileNotFoundError(
+            f"no {split}-*.tfrecord files in {data_dir}: run data prep (python -m data_prep.pipeline) first"
+        )
     return files
 
 
@@ -184,7 +188,15 @@ def mean_face(data_dir, split="train", limit=2000, image_size=None) -> np.ndarra
 
 
 def make_dataset(
-    data_dir, split="train", batch_size=None, shuffle_buffer=0, repeat=False, seed=None, image_size=None, with_parents=False, keys=None,
+    data_dir,
+    split="train",
+    batch_size=None,
+    shuffle_buffer=0,
+    repeat=False,
+    seed=None,
+    image_size=None,
+    with_parents=False,
+    keys=None,
     encoder_cache=None,
 ):
     """tf.data pipeline over a split's records: dicts as `parse_record` returns, optionally batched.
@@ -211,7 +223,9 @@ def make_dataset(
         cached = [str(pathlib.Path(encoder_cache) / pathlib.Path(f).name) for f in files]
         missing = [c for c in cached if not pathlib.Path(c).exists()]
         if missing:
-            raise FileNotFoundError(f"encoder cache {encoder_cache} lacks {missing[0]}: it was built for other records; delete it to rebuild")
+            raise FileNotFoundError(
+                f"encoder cache {encoder_cache} lacks {missing[0]}: it was built for other records; delete it to rebuild"
+            )
         dataset = tf.data.Dataset.from_tensor_slices((files, cached))
 
         def read(record_file, cache_file):
@@ -235,8 +249,10 @@ def make_dataset(
         if cached is not None:
             outputs = tf.io.parse_single_example(cached, cache_spec)
             check = tf.debugging.assert_equal(
-                record.pop("image_fingerprint"), outputs["fingerprint"],
-                message=f"encoder cache {encoder_cache} does not match these records (stale: made for another data prep run); delete it to rebuild",
+                record.pop("image_fingerprint"),
+                outputs["fingerprint"],
+                message=f"encoder cache {encoder_cache} does not match these records "
+                "(stale: made for another data prep run); delete it to rebuild",
             )
             with tf.control_dependencies([check]):
                 record["features"] = tf.identity(outputs["features"])

@@ -34,10 +34,19 @@ MANIFEST = "manifest.json"
 
 def encoder_identity(encoder) -> dict:
     """What the cached values depend on: the encoder's class and config, and its weights' sha256."""
-    config = {k: v for k, v in encoder.get_config().items() if k not in ("name", "trainable", "dtype", "weights_path", "cache_folder")}
+    config = {
+        k: v
+        for k, v in encoder.get_config().items()
+        if k not in ("name", "trainable", "dtype", "weights_path", "cache_folder")
+    }
     # The compute dtype matters too: an encoder built under mixed_bfloat16 gives other values.
     policy = encoder.network.dtype_policy.name if hasattr(encoder, "network") else encoder.dtype_policy.name
-    return {"class": type(encoder).__name__, "config": config, "policy": policy, "weights_sha256": sha256_of(encoder.weights_file())}
+    return {
+        "class": type(encoder).__name__,
+        "config": config,
+        "policy": policy,
+        "weights_sha256": sha256_of(encoder.weights_file()),
+    }
 
 
 def cache_dir(data_dir, encoder, identity=None) -> pathlib.Path:
@@ -69,14 +78,17 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
     record_sizes = {}
     for split in data.SPLITS:
         try:
-            record_sizes.update({pathlib.Path(f).name: (f, pathlib.Path(f).stat().st_size) for f in data.record_files(data_dir, split)})
+            record_sizes.update(
+                {pathlib.Path(f).name: (f, pathlib.Path(f).stat().st_size) for f in data.record_files(data_dir, split)}
+            )
         except FileNotFoundError:
             continue
     manifest_path = folder / MANIFEST
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     known = previous.get("shards", {})
     up_to_date = {
-        name for name, (_, size) in record_sizes.items()
+        name
+        for name, (_, size) in record_sizes.items()
         if isinstance(known.get(name), dict) and known[name].get("record_bytes") == size and (folder / name).exists()
     }
     if previous and up_to_date == set(record_sizes) and set(known) == set(record_sizes):
@@ -93,7 +105,8 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
         target = folder / name
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         records = tf.data.TFRecordDataset(record_file).map(
-            lambda serialized: data.parse_record(serialized, image_size, ("image", "image_fingerprint")), num_parallel_calls=tf.data.AUTOTUNE
+            lambda serialized: data.parse_record(serialized, image_size, ("image", "image_fingerprint")),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
         count = 0
         with tf.io.TFRecordWriter(str(partial)) as writer:
@@ -120,7 +133,9 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
 def load_manifest(folder) -> dict:
     path = pathlib.Path(folder) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the encoder cache in {folder} is incomplete (build it with encoder_cache.build)")
+        raise FileNotFoundError(
+            f"{path} is missing: the encoder cache in {folder} is incomplete (build it with encoder_cache.build)"
+        )
     return json.loads(path.read_text())
 
 

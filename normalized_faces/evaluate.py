@@ -43,15 +43,23 @@ JUDGES = ("dlib_resnet", "facenet")
 
 def define_flags():
     """The command's flags (defined on use, so importing this module defines none)."""
-    flags.DEFINE_string("model", None, "Exported SavedModel or training model_dir; default: the model shipped with the package.")
+    flags.DEFINE_string(
+        "model", None, "Exported SavedModel or training model_dir; default: the model shipped with the package."
+    )
     flags.DEFINE_string("photos", None, "Folder <root>/<identity>/<photo> of test photos.")
     flags.DEFINE_string("manifest", None, "Or a manifest (.jsonl/.csv) with path, identity, landmarks.")
     flags.DEFINE_string("output_dir", None, "Where the histograms and report.json go.")
     flags.DEFINE_list(
-        "judges", None,
+        "judges",
+        None,
         f"Recognizers that judge ({', '.join(JUDGES)}); default: every one available, one the model was not trained with first.",
     )
-    flags.DEFINE_enum("detector", "auto", ["auto", "hog", "cnn"], "dlib face detector for photos without manifest landmarks (auto: HOG, CNN where HOG finds none).")
+    flags.DEFINE_enum(
+        "detector",
+        "auto",
+        ["auto", "hog", "cnn"],
+        "dlib face detector for photos without manifest landmarks (auto: HOG, CNN where HOG finds none).",
+    )
 
 
 def default_judges(training_encoder: str | None) -> list:
@@ -91,7 +99,12 @@ def judge_figures(judge_name, threshold, photos, normalized, people, gallery, me
     impostor = threshold.distances(normalized[:, None], photos[None])[other]
     figures = {
         "judge": judge_name,
-        "threshold": {"value": threshold.value, "output": threshold.output, "distance": threshold.distance, "source": threshold.source},
+        "threshold": {
+            "value": threshold.value,
+            "output": threshold.output,
+            "distance": threshold.distance,
+            "source": threshold.source,
+        },
         "people": int(len(set(people))),
         "photos": int(len(people)),
         "probes": int(probes.sum()),
@@ -112,7 +125,9 @@ def judge_figures(judge_name, threshold, photos, normalized, people, gallery, me
         figures["mean_face_baseline"] = {
             "genuine": float(np.mean(baseline < threshold.value)),
             # The mean face is no one: against other people's photos it is as close as against the own.
-            "impostor": float(np.mean(np.broadcast_to(baseline[None], other.shape)[other] < threshold.value)) if other.any() else None,
+            "impostor": float(np.mean(np.broadcast_to(baseline[None], other.shape)[other] < threshold.value))
+            if other.any()
+            else None,
             **rank_accuracy(constant[probes], people[probes], photos[gallery], people[gallery], threshold),
             "genuine_distance_mean": float(baseline.mean()),
         }
@@ -139,7 +154,9 @@ def plot_histogram(figures, path, title):
     for key, values in distances.items():
         if len(values):
             axes.hist(values, bins=bins, density=True, alpha=0.55 if key != "mean_face" else 1.0, **styles[key])
-    axes.axvline(threshold["value"], color="black", linestyle="--", label=f"verification threshold {threshold['value']:g}")
+    axes.axvline(
+        threshold["value"], color="black", linestyle="--", label=f"verification threshold {threshold['value']:g}"
+    )
     axes.set_xlabel(f"{threshold['distance'].replace('_', ' ')} distance ({figures['judge']} {threshold['output']})")
     axes.set_ylabel("density")
     axes.set_title(title, fontsize=10)
@@ -164,7 +181,9 @@ def summary_lines(figures) -> list:
         f"  | photos (ceiling) {_percent(ceiling['rank1'])} / {_percent(ceiling['rank5'])}",
     ]
     if base and n["rank1"] is not None:  # no probes (one photo a person): no identification to compare
-        lines.append(f"  margin over the mean face: rank-1 {100 * ((n['rank1'] or 0) - (base['rank1'] or 0)):+.1f} points")
+        lines.append(
+            f"  margin over the mean face: rank-1 {100 * ((n['rank1'] or 0) - (base['rank1'] or 0)):+.1f} points"
+        )
     lines.append(
         f"  verification at threshold {figures['threshold']['value']:g}: genuine {_percent(n['genuine'])} within, "
         f"impostor {_percent(n['impostor'])} within"
@@ -182,7 +201,10 @@ def _mean_pairwise(vectors, threshold) -> float | None:
 
 def _judge_vectors(encoder, images, batch=32) -> np.ndarray:
     output = encoder.threshold.output
-    parts = [encoder(images[start:start + batch].astype(np.float32) / 255.0)[output].numpy() for start in range(0, len(images), batch)]
+    parts = [
+        encoder(images[start : start + batch].astype(np.float32) / 255.0)[output].numpy()
+        for start in range(0, len(images), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros([0, 1])
 
 
@@ -198,7 +220,9 @@ def load_judges(names, image_size, report=print) -> dict:
         try:
             judges[name] = get_encoder(name, aligned_size=image_size)
         except FacenetWeightsNotFound as missing:
-            report(f"judge {name} skipped: its weights are not on this machine ({str(missing).splitlines()[0]} Run fetch-facenet-weights.)")
+            report(
+                f"judge {name} skipped: its weights are not on this machine ({str(missing).splitlines()[0]} Run fetch-facenet-weights.)"
+            )
     return judges
 
 
@@ -211,19 +235,19 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
     output_dir.mkdir(parents=True, exist_ok=True)
     model = inference.load_model(model_path)
     identities = {str(path): identity for path, identity, _ in items}
-    jobs, failed = collect_faces([(path, landmarks) for path, _, landmarks in items], detector, report)
-    jobs = [job for job in jobs if job.index == 0]  # the largest face of each photo
-    if not jobs:
+    faces_found, failed = collect_faces([(path, landmarks) for path, _, landmarks in items], detector, report)
+    faces_found = [found for found in faces_found if found.index == 0]  # the largest face of each photo
+    if not faces_found:
         raise ValueError(f"none of the {len(items)} test photos gave a face to evaluate")
-    results = normalize(model, jobs)
-    photos = np.stack([job.aligned.image for job in jobs])
+    results = normalize(model, faces_found)
+    photos = np.stack([found.aligned.image for found in faces_found])
     normalized = np.stack([r["normalized_face"] for r in results])
-    people = np.array([identities[str(job.photo_path)] for job in jobs])
+    people = np.array([identities[str(found.photo_path)] for found in faces_found])
     # The gallery: each person's first photo by path. Probes: the rest.
-    gallery = np.zeros(len(jobs), bool)
+    gallery = np.zeros(len(faces_found), bool)
     for person in sorted(set(people)):
         members = [i for i in np.flatnonzero(people == person)]
-        gallery[min(members, key=lambda i: str(jobs[i].photo_path))] = True
+        gallery[min(members, key=lambda i: str(faces_found[i].photo_path))] = True
     names = list(judges) if judges else default_judges(model.encoder_name)
     if model.mean_face is None:
         report(f"{model.source} carries no mean face (trained before it was kept): the mean-face baseline is left out")
@@ -235,7 +259,9 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
         photo_vectors = _judge_vectors(encoder, photos)
         normalized_vectors = _judge_vectors(encoder, normalized)
         mean_vector = _judge_vectors(encoder, model.mean_face[None])[0] if model.mean_face is not None else None
-        figures = judge_figures(name, encoder.threshold, photo_vectors, normalized_vectors, people, gallery, mean_vector)
+        figures = judge_figures(
+            name, encoder.threshold, photo_vectors, normalized_vectors, people, gallery, mean_vector
+        )
         spread = {}
         for person in sorted(set(people)):
             members = np.flatnonzero(people == person)
@@ -246,7 +272,9 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
         with_pairs = [v for v in spread.values() if v["photos"] is not None]
         figures["consistency"] = {
             "mean_pairwise_distance_photos": float(np.mean([v["photos"] for v in with_pairs])) if with_pairs else None,
-            "mean_pairwise_distance_normalized": float(np.mean([v["normalized"] for v in with_pairs])) if with_pairs else None,
+            "mean_pairwise_distance_normalized": float(np.mean([v["normalized"] for v in with_pairs]))
+            if with_pairs
+            else None,
         }
         figures["trained_with_this_judge"] = name == model.encoder_name
         by_judge[name] = figures
@@ -258,8 +286,8 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
         if name == lead:
             plot_histogram(figures, output_dir / "distance_histogram.png", title)
     per_photo = []
-    for i, job in enumerate(jobs):
-        entry = {"path": str(job.photo_path), "identity": str(people[i]), "gallery": bool(gallery[i])}
+    for i, found in enumerate(faces_found):
+        entry = {"path": str(found.photo_path), "identity": str(people[i]), "gallery": bool(gallery[i])}
         for name, figures in by_judge.items():
             entry[f"{name}_distance"] = float(figures["_distances"]["genuine"][i])
         per_photo.append(entry)
@@ -267,23 +295,32 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
         "model": model.source,
         "trained_with": model.encoder_name,
         "photos": len(items),
-        "evaluated": len(jobs),
+        "evaluated": len(faces_found),
         "failed": [str(p) for p in failed],
         "lead_judge": lead,
         "judges": {name: {k: v for k, v in f.items() if not k.startswith("_")} for name, f in by_judge.items()},
         "per_photo": per_photo,
     }
     (output_dir / "report.json").write_text(json.dumps(summary, indent=2))
-    report(f"{len(jobs)} photos of {len(set(people))} people evaluated ({len(failed)} failed); model trained with {model.encoder_name}")
-    for name, figures in by_judge.items():
+    report(
+        f"{len(faces_found)} photos of {len(set(people))} people evaluated ({len(failed)} failed); model trained with {model.encoder_name}"
+    )
+    for figures in by_judge.values():
         for line in summary_lines(figures):
-            report(line + ("  [the model's own training encoder]" if line.startswith("judged") and figures["trained_with_this_judge"] else ""))
+            report(
+                line
+                + (
+                    "  [the model's own training encoder]"
+                    if line.startswith("judged") and figures["trained_with_this_judge"]
+                    else ""
+                )
+            )
     report(f"wrote {output_dir / 'report.json'} and distance_histogram*.png")
     return summary
 
 
 def items_from(photos=None, manifest=None):
-    from data_prep.inputs import list_folder, read_manifest
+    from normalized_faces.inputs import list_folder, read_manifest
 
     entries = (list_folder(photos) if photos else []) + (read_manifest(manifest) if manifest else [])
     return [(entry.path, entry.identity, entry.landmarks) for entry in entries]

@@ -15,8 +15,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from normalized_faces.config import MEAN_FACE_FILE, MODEL_CONFIG_FILE
 from normalized_faces.model import NormalizedFaceModel
-from normalized_faces.train import MEAN_FACE_FILE, MODEL_CONFIG_FILE
 
 EXPORT_METADATA = "assets.extra/normalized_faces.json"
 EXPORT_MEAN_FACE = "assets.extra/" + MEAN_FACE_FILE
@@ -39,11 +39,13 @@ def restore_training_model(model_dir) -> NormalizedFaceModel:
     model_dir = pathlib.Path(model_dir)
     config_path = model_dir / MODEL_CONFIG_FILE
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a training run's model_dir (train_main.py writes it)")
+        raise FileNotFoundError(
+            f"{config_path} is missing: {model_dir} is not a training run's model_dir (train_main.py writes it)"
+        )
     latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {model_dir / 'checkpoints'}: train the model first")
-    model = NormalizedFaceModel.from_config(json.loads(config_path.read_text()))
+    model = NormalizedFaceModel.for_inference(json.loads(config_path.read_text()))
     size = model.image_size
     model(tf.zeros([1, size, size, 3]))
     tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
@@ -68,7 +70,11 @@ def latest_version(export_dir) -> pathlib.Path:
     export_dir = pathlib.Path(export_dir)
     if (export_dir / "saved_model.pb").exists():
         return export_dir
-    versions = sorted((int(p.name), p) for p in export_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()) if export_dir.is_dir() else []
+    versions = (
+        sorted((int(p.name), p) for p in export_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists())
+        if export_dir.is_dir()
+        else []
+    )
     if not versions:
         raise FileNotFoundError(f"no SavedModel in {export_dir} (expected saved_model.pb or numbered version folders)")
     return versions[-1][1]
@@ -103,10 +109,13 @@ class LoadedModel:
             self.image_size = int(self.metadata.get("image_size", 224))
             from normalized_faces.encoders.base import VerificationThreshold
 
-            self.threshold = VerificationThreshold(**self.metadata["threshold"]) if "threshold" in self.metadata else None
-            self.encoder_name = self.metadata.get("encoder_name") or {"FacenetEncoder": "facenet", "DlibResNetEncoder": "dlib_resnet"}.get(
-                self.metadata.get("encoder", ""), None
+            self.threshold = (
+                VerificationThreshold(**self.metadata["threshold"]) if "threshold" in self.metadata else None
             )
+            self.encoder_name = self.metadata.get("encoder_name") or {
+                "FacenetEncoder": "facenet",
+                "DlibResNetEncoder": "dlib_resnet",
+            }.get(self.metadata.get("encoder", ""), None)
             self.mean_face = _read_png(version / EXPORT_MEAN_FACE)
             self._call = lambda images: signature(images=images)
             self.source = str(version)

@@ -51,26 +51,26 @@ def template_landmarks(size: int = ALIGNED_SIZE, interocular: float = INTEROCULA
     points = np.zeros([NUM_LANDMARKS, 2])
     # Jaw: the lower half of an ellipse, image left to right (angles 177 -> 3 pass 90: the chin).
     jaw_angles = np.deg2rad(np.linspace(177, 3, 17))
-    points[JAW.start:JAW.stop] = np.stack(
+    points[JAW.start : JAW.stop] = np.stack(
         [cx + 66 * s * np.cos(jaw_angles), eye_y + 1 * s + 106 * s * np.sin(jaw_angles)], axis=-1
     )
-    points[RIGHT_BROW.start:RIGHT_BROW.stop] = _ellipse(cx - 27.5 * s, eye_y - 8 * s, 19 * s, 9 * s, 200, 340, 5)
-    points[LEFT_BROW.start:LEFT_BROW.stop] = _ellipse(cx + 27.5 * s, eye_y - 8 * s, 19 * s, 9 * s, 200, 340, 5)
-    points[NOSE_BRIDGE.start:NOSE_BRIDGE.stop] = np.stack(
+    points[RIGHT_BROW.start : RIGHT_BROW.stop] = _ellipse(cx - 27.5 * s, eye_y - 8 * s, 19 * s, 9 * s, 200, 340, 5)
+    points[LEFT_BROW.start : LEFT_BROW.stop] = _ellipse(cx + 27.5 * s, eye_y - 8 * s, 19 * s, 9 * s, 200, 340, 5)
+    points[NOSE_BRIDGE.start : NOSE_BRIDGE.stop] = np.stack(
         [np.full(4, cx), eye_y + s * np.linspace(2, 32, 4)], axis=-1
     )
-    points[NOSE_BOTTOM.start:NOSE_BOTTOM.stop] = np.stack(
+    points[NOSE_BOTTOM.start : NOSE_BOTTOM.stop] = np.stack(
         [cx + s * np.array([-13.0, -6.5, 0.0, 6.5, 13.0]), eye_y + s * np.array([38.0, 40.0, 41.0, 40.0, 38.0])],
         axis=-1,
     )
-    points[RIGHT_EYE.start:RIGHT_EYE.stop] = _eye(cx - 27.5 * s, eye_y, 11 * s, 4 * s)
-    points[LEFT_EYE.start:LEFT_EYE.stop] = _eye(cx + 27.5 * s, eye_y, 11 * s, 4 * s)
+    points[RIGHT_EYE.start : RIGHT_EYE.stop] = _eye(cx - 27.5 * s, eye_y, 11 * s, 4 * s)
+    points[LEFT_EYE.start : LEFT_EYE.stop] = _eye(cx + 27.5 * s, eye_y, 11 * s, 4 * s)
     mouth_y = eye_y + 62 * s
     # dlib order: image-left corner, upper lip (y down: angles 180..360), right corner, lower lip.
     outer = _ellipse(cx, mouth_y, 24 * s, 9 * s, 180, 540, 13)[:12]
-    points[OUTER_MOUTH.start:OUTER_MOUTH.stop] = outer
+    points[OUTER_MOUTH.start : OUTER_MOUTH.stop] = outer
     inner = _ellipse(cx, mouth_y, 15 * s, 2.5 * s, 180, 540, 9)[:8]
-    points[INNER_MOUTH.start:INNER_MOUTH.stop] = inner
+    points[INNER_MOUTH.start : INNER_MOUTH.stop] = inner
     return points
 
 
@@ -78,8 +78,8 @@ def eye_centers(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the subject's right (image left) and left eye, [..., 2] each."""
     landmarks = np.asarray(landmarks)
     return (
-        landmarks[..., RIGHT_EYE.start:RIGHT_EYE.stop, :].mean(axis=-2),
-        landmarks[..., LEFT_EYE.start:LEFT_EYE.stop, :].mean(axis=-2),
+        landmarks[..., RIGHT_EYE.start : RIGHT_EYE.stop, :].mean(axis=-2),
+        landmarks[..., LEFT_EYE.start : LEFT_EYE.stop, :].mean(axis=-2),
     )
 
 
@@ -115,6 +115,6 @@ def random_face_landmarks(
         opening = rng.uniform(0, 1) * expression
         lower_lip = list(range(55, 60)) + list(range(65, 68))
         rel[lower_lip, 1] += opening
-        rel[JAW.start + 5:JAW.stop - 5, 1] += 0.5 * opening
+        rel[JAW.start + 5 : JAW.stop - 5, 1] += 0.5 * opening
         out[i] = centre + scale * rel @ rotation.T + rng.uniform(-max_shift, max_shift, size=2)
     return out

@@ -15,6 +15,8 @@ negative cosine similarity, offset by 1 so it is >= 0; same gradients). With the
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -38,12 +40,17 @@ IDENTITY_RENDERS = ("chip", "frame")
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
 class EncoderHead(keras.layers.Layer):
-    """The trained layer on top of the frozen encoder: [B, F_enc] -> fully connected + ReLU -> [B, feature_dim]."""
+    """The trained layer on top of the frozen encoder: [B, F_enc] -> fully connected + ReLU -> [B, feature_dim].
+
+    Args:
+      feature_dim: output width (the paper does not state it; 1024 here).
+      **kwargs: Keras layer arguments (name, dtype policy, ...); the policy reaches the sublayer.
+    """
 
     def __init__(self, feature_dim=1024, **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = int(feature_dim)
-        self.dense = keras.layers.Dense(self.feature_dim, activation="relu", name="dense")
+        self.dense = keras.layers.Dense(self.feature_dim, activation="relu", name="dense", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.dense.build(input_shape)
@@ -62,7 +69,13 @@ class EncoderHead(keras.layers.Layer):
 class LandmarkDecoder(keras.layers.Layer):
     """Shallow MLP: [B, D] -> [B, 68, 2] landmarks = mean landmarks + predicted offsets (pixels).
 
-    The output layer starts at zero, so an untrained decoder predicts the mean face.
+    The output layer starts at zero, so an untrained decoder predicts the mean face. The output is
+    float32 whatever the dtype policy (landmarks feed the warp's spline solve).
+
+    Args:
+      mean_landmarks: [68, 2] (x, y) pixels in the aligned frame (data prep's metadata.json).
+      hidden_sizes: widths of the ReLU hidden layers (the paper: "a shallow MLP").
+      **kwargs: Keras layer arguments; the dtype policy reaches the sublayers.
     """
 
     def __init__(self, mean_landmarks, hidden_sizes=(512,), **kwargs):
@@ -72,8 +85,14 @@ class LandmarkDecoder(keras.layers.Layer):
         # One attribute per layer (not a list): tf.train.Checkpoint only follows attributes, and
         # layers kept in a Python list on a Keras 3 layer would be missing from checkpoints.
         for i, h in enumerate(self.hidden_sizes):
-            setattr(self, f"hidden_{i}", keras.layers.Dense(h, activation="relu", name=f"hidden_{i}"))
-        self.offsets = keras.layers.Dense(NUM_LANDMARKS * 2, kernel_initializer="zeros", name="offsets")
+            setattr(
+                self,
+                f"hidden_{i}",
+                keras.layers.Dense(h, activation="relu", name=f"hidden_{i}", dtype=self.dtype_policy),
+            )
+        self.offsets = keras.layers.Dense(
+            NUM_LANDMARKS * 2, kernel_initializer="zeros", name="offsets", dtype=self.dtype_policy
+        )
 
     @property
     def hidden(self):
@@ -96,17 +115,26 @@ class LandmarkDecoder(keras.layers.Layer):
         return (input_shape[0], NUM_LANDMARKS, 2)
 
     def get_config(self):
-        return {**super().get_config(), "mean_landmarks": self.mean_landmarks.tolist(), "hidden_sizes": list(self.hidden_sizes)}
+        return {
+            **super().get_config(),
+            "mean_landmarks": self.mean_landmarks.tolist(),
+            "hidden_sizes": list(self.hidden_sizes),
+        }
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
 class ResizeConv(keras.layers.Layer):
-    """[B, H, W, C] -> [B, 2H, 2W, channels]: bilinear x2 upsampling, then a 3 x 3 convolution."""
+    """[B, H, W, C] -> [B, 2H, 2W, channels]: bilinear x2 upsampling, then a 3 x 3 convolution.
+
+    Args:
+      channels: output channels of the convolution.
+      **kwargs: Keras layer arguments; the dtype policy reaches the convolution.
+    """
 
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
-        self.conv = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv")
+        self.conv = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.conv.build((input_shape[0], None, None, input_shape[-1]))
@@ -133,9 +161,20 @@ class TextureDecoder(keras.layers.Layer):
     to fc_size x fc_size x 3, bilinearly resized to S if smaller.
     upsampling="resize" replaces each transposed conv by ResizeConv (see TEXTURE_UPSAMPLINGS).
     The output is linear, as in the paper (targets are in [0, 1]).
+
+    Args:
+      kind: "cnn" or "fc" (TEXTURE_DECODERS).
+      size: output side S in pixels; a multiple of 16 for "cnn".
+      base_channels: channels at the first (S/16 x S/16) stage of "cnn".
+      min_channels: floor of the halving channel counts of "cnn".
+      fc_size: "fc" only: side of the fully connected output before resizing (None: S).
+      upsampling: "transpose" (the paper's) or "resize", for "cnn".
+      **kwargs: Keras layer arguments; the dtype policy reaches every sublayer.
     """
 
-    def __init__(self, kind="cnn", size=224, base_channels=256, min_channels=32, fc_size=None, upsampling="transpose", **kwargs):
+    def __init__(
+        self, kind="cnn", size=224, base_channels=256, min_channels=32, fc_size=None, upsampling="transpose", **kwargs
+    ):
         super().__init__(**kwargs)
         if kind not in TEXTURE_DECODERS:
             raise ValueError(f"texture decoder kind must be one of {TEXTURE_DECODERS}, got {kind!r}")
@@ -149,19 +188,26 @@ class TextureDecoder(keras.layers.Layer):
         self.fc_size = int(fc_size or size)
         if kind == "cnn":
             if self.size % 16:
-                raise ValueError(f"the CNN texture decoder upsamples 16x from 14 x 14: size must be a multiple of 16, got {size}")
+                raise ValueError(
+                    f"the CNN texture decoder upsamples 16x from 14 x 14: size must be a multiple of 16, got {size}"
+                )
             self.start = self.size // 16
-            self.project = keras.layers.Dense(self.start * self.start * self.base_channels, name="project")
+            policy = self.dtype_policy
+            self.project = keras.layers.Dense(
+                self.start * self.start * self.base_channels, name="project", dtype=policy
+            )
             for i in range(1, 5):  # one attribute per layer, as in LandmarkDecoder
-                channels = max(self.base_channels // 2 ** i, self.min_channels)
+                channels = max(self.base_channels // 2**i, self.min_channels)
                 if upsampling == "transpose":
-                    layer = keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", name=f"deconv_{i}")
+                    layer = keras.layers.Conv2DTranspose(
+                        channels, 5, strides=2, padding="same", name=f"deconv_{i}", dtype=policy
+                    )
                 else:
-                    layer = ResizeConv(channels, name=f"upconv_{i}")
+                    layer = ResizeConv(channels, name=f"upconv_{i}", dtype=policy)
                 setattr(self, f"deconv_{i}", layer)
-            self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb")
+            self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb", dtype=policy)
         else:
-            self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project")
+            self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project", dtype=self.dtype_policy)
 
     @property
     def upsample(self):
@@ -211,12 +257,37 @@ def _across_workers(strategy) -> bool:
     return sum(len(tasks) for tasks in spec.values()) > 1
 
 
+# NormalizedFaceModel overrides a private Keras method (see _maybe_symbolic_build below). Keras is
+# pinned to 3.x in setup.py; should a 3.x release rename or reshape that method, fail here, at
+# import, with what to do, rather than silently losing the multi-worker fix.
+_SYMBOLIC_BUILD = getattr(keras.Model, "_maybe_symbolic_build", None)
+if _SYMBOLIC_BUILD is None or list(inspect.signature(_SYMBOLIC_BUILD).parameters) != ["self", "iterator", "data_batch"]:
+    raise ImportError(
+        f"Keras {keras.__version__} changed Model._maybe_symbolic_build, which NormalizedFaceModel overrides for "
+        "MultiWorkerMirroredStrategy (tested with Keras 3.15): install keras==3.15.* or update normalized_faces/model.py"
+    )
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
 class NormalizedFaceModel(keras.Model):
     """The whole model, with the paper's losses in its own train_step / test_step.
 
     Call: images [B, S, S, 3] in [0, 1] -> {"landmarks", "texture", "rendered", "features",
     "embedding", "descriptor"}. The encoder is passed in (built by normalized_faces.encoders.get_encoder) and
     stays frozen; everything else trains.
+
+    Args:
+      encoder: a frozen encoder layer (encoders.base), its weights already loaded.
+      mean_landmarks: [68, 2] mean landmarks of the training data (the texture's frame).
+      feature_dim, landmark_hidden: EncoderHead's width and LandmarkDecoder's hidden sizes.
+      texture_decoder, texture_base_channels, texture_min_channels, texture_fc_size,
+        texture_upsampling: TextureDecoder's kind, base_channels, min_channels, fc_size, upsampling.
+      image_size: side of the aligned input and of the texture (paper: 224).
+      landmark_weight, texture_weight, identity_weight: the loss weights (identity 0: the ablation,
+        no warp in training).
+      flow_stride: the renderer's (1: exact warp).
+      identity_render, identity_flow_stride: how the identity loss renders its face (IDENTITY_RENDERS).
+      **kwargs: Keras model arguments (name, dtype policy); the policy reaches every trained layer.
     """
 
     def __init__(
@@ -250,11 +321,22 @@ class NormalizedFaceModel(keras.Model):
         self.encoder.trainable = False
         self.image_size = int(image_size)
         self.mean_landmarks = np.asarray(mean_landmarks, np.float32).reshape(NUM_LANDMARKS, 2)
-        self.head = EncoderHead(feature_dim, name="head")
-        self.landmark_decoder = LandmarkDecoder(self.mean_landmarks, landmark_hidden, name="landmark_decoder")
-        self.texture_decoder = TextureDecoder(
-            texture_decoder, self.image_size, texture_base_channels, texture_min_channels, texture_fc_size, texture_upsampling, name="texture_decoder"
+        policy = self.dtype_policy
+        self.head = EncoderHead(feature_dim, name="head", dtype=policy)
+        self.landmark_decoder = LandmarkDecoder(
+            self.mean_landmarks, landmark_hidden, name="landmark_decoder", dtype=policy
         )
+        self.texture_decoder = TextureDecoder(
+            texture_decoder,
+            self.image_size,
+            texture_base_channels,
+            texture_min_channels,
+            texture_fc_size,
+            texture_upsampling,
+            name="texture_decoder",
+            dtype=policy,
+        )
+        # The warp samples in float32 whatever the policy (SparseImageWarp), so it keeps its own.
         self.renderer = warp.SparseImageWarp(order=1, num_boundary_points=4, flow_stride=flow_stride, name="renderer")
         self.landmark_weight = float(landmark_weight)
         self.texture_weight = float(texture_weight)
@@ -331,9 +413,13 @@ class NormalizedFaceModel(keras.Model):
                 # Render only what the encoder looks at: its chip of the rendered face, sampled
                 # straight from the texture (one resampling instead of warp + re-framing).
                 chips = warp.sparse_image_warp_chip(
-                    texture, self._mean_landmarks_like(texture), landmarks,
-                    self.encoder.aligned_chip_matrix(), self.encoder.native_size,
-                    num_boundary_points=self.renderer.num_boundary_points, flow_stride=self.identity_flow_stride,
+                    texture,
+                    self._mean_landmarks_like(texture),
+                    landmarks,
+                    self.encoder.aligned_chip_matrix(),
+                    self.encoder.native_size,
+                    num_boundary_points=self.renderer.num_boundary_points,
+                    flow_stride=self.identity_flow_stride,
                 )
                 rendered_embedding = self.encoder.encode_chips(tf.clip_by_value(chips, 0.0, 1.0))["embedding"]
             else:
@@ -341,7 +427,8 @@ class NormalizedFaceModel(keras.Model):
                 rendered_embedding = self.encoder(rendered)["embedding"]
             # Losses are float32 whatever the dtype policy (mixed precision runs the encoder in half).
             similarity = tf.reduce_sum(
-                tf.stop_gradient(tf.cast(encoded["embedding"], tf.float32)) * tf.cast(rendered_embedding, tf.float32), axis=-1
+                tf.stop_gradient(tf.cast(encoded["embedding"], tf.float32)) * tf.cast(rendered_embedding, tf.float32),
+                axis=-1,
             )
             identity_loss = tf.reduce_mean(1.0 - similarity)
             total += self.identity_weight * identity_loss
@@ -354,7 +441,11 @@ class NormalizedFaceModel(keras.Model):
         for name, value in losses.items():
             self.trackers[name].update_state(tf.where(finite > 0, value, 0.0), sample_weight=finite)
         self.trackers["nonfinite_batches"].update_state(1.0 - finite)
-        results = {name: tracker.result() for name, tracker in self.trackers.items() if name in losses or name == "nonfinite_batches"}
+        results = {
+            name: tracker.result()
+            for name, tracker in self.trackers.items()
+            if name in losses or name == "nonfinite_batches"
+        }
         if _across_workers(tf.distribute.get_strategy()):
             # Keras (3.15) reduces step outputs across workers with strategy.reduce(MEAN, axis=0),
             # which needs a leading axis: give the (already synchronized) scalars one.
@@ -380,6 +471,8 @@ class NormalizedFaceModel(keras.Model):
     def get_config(self):
         # The encoder is rebuilt from its own config; everything else is plain numbers.
         return {
+            "name": self.name,
+            "dtype": self.dtype_policy.name,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "mean_landmarks": self.mean_landmarks.tolist(),
             "feature_dim": self.head.feature_dim,
@@ -406,3 +499,10 @@ class NormalizedFaceModel(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
+
+    @classmethod
+    def for_inference(cls, config):
+        """from_config in float32, whatever policy the model trained in (a run's model_config.json
+        records it): its checkpointed variables are float32 either way, and outputs should not
+        depend on the precision training happened to use."""
+        return cls.from_config({**config, "dtype": "float32"})

@@ -20,93 +20,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from normalized_faces import config as config_lib
 from normalized_faces import data, visualize
-from normalized_faces.model import IDENTITY_RENDERS, NormalizedFaceModel
+from normalized_faces.config import MEAN_FACE_FILE, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TrainConfig
+from normalized_faces.model import NormalizedFaceModel
 from normalized_faces.optim import FusedAdam
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
-MODEL_CONFIG_FILE = "model_config.json"
-# The training data's mean face, kept with the run: evaluation's baseline (a model that ignores
-# identity outputs about this face), exported beside the SavedModel.
-MEAN_FACE_FILE = "mean_face.png"
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Both are Adam with the same mathematics and checkpoints; fused_adam updates each variable in one
 # TensorFlow kernel (normalized_faces/optim.py), adam with Keras's elementwise ops.
 OPTIMIZERS = {"fused_adam": FusedAdam, "adam": keras.optimizers.Adam}
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    data_dir: str = ""
-    model_dir: str = ""
-    encoder: str = "facenet"  # the paper's; "dlib_resnet" works offline
-    encoder_weights: str | None = None
-    batch_size: int = 32  # global, over all replicas
-    train_steps: int = 100_000
-    learning_rate: float = 1e-4  # Adam
-    optimizer: str = "fused_adam"  # or "adam" (Keras's; same updates, slower on big layers)
-    landmark_weight: float = 100.0
-    texture_weight: float = 1.0
-    identity_weight: float = 0.1  # 0 switches the identity loss (and the warp) off
-    feature_dim: int = 1024
-    landmark_hidden: tuple = (512,)
-    texture_decoder: str = "cnn"
-    texture_base_channels: int = 256
-    texture_min_channels: int = 32
-    texture_fc_size: int | None = None
-    # "resize" (bilinear x2 + 3 x 3 conv) rather than the paper's 5 x 5 stride-2 transposed convs,
-    # whose uneven overlap printed a checkerboard on every texture (model.TEXTURE_UPSAMPLINGS).
-    texture_upsampling: str = "resize"
-    flow_stride: int = 1
-    identity_render: str = "chip"  # "frame": render the full face, then re-frame it for the encoder (slower)
-    identity_flow_stride: int = 2  # flow stride of the identity loss's chip (training only; outputs stay exact)
-    strategy: str = "default"
-    tpu: str | None = None
-    precision: str = "auto"  # mixed_bfloat16 on CPUs with bfloat16 instructions and no GPU, else float32
-    jit_compile: bool = False
-    seed: int = 0
-    shuffle_buffer: int = 1000
-    checkpoint_interval: int = 1000
-    summary_interval: int = 100
-    validation_interval: int = 5000
-    validation_steps: int = 10
-    keep_checkpoints: int = 3
-    nonfinite: str = "stop"  # or "skip"
-    # Read the input photos' encoder outputs from DATA/encoder_cache (built on first use) instead
-    # of running the frozen encoder on them every step. Same values, less compute (train_bench).
-    encoder_cache: bool = True
-
-    def check(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.identity_render not in IDENTITY_RENDERS:
-            raise ValueError(f"identity_render must be one of {IDENTITY_RENDERS}, got {self.identity_render!r}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
-        for name in ("batch_size", "train_steps", "checkpoint_interval", "summary_interval", "validation_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.model_dir:
-            raise ValueError("model_dir is required")
-
-
-# Settings that change the model's variables: a resumed run must not silently change them.
-ARCHITECTURE_KEYS = (
-    "encoder", "feature_dim", "landmark_hidden", "texture_decoder", "texture_base_channels", "texture_min_channels", "texture_fc_size",
-    "texture_upsampling",
-)
+assert tuple(OPTIMIZERS) == config_lib.OPTIMIZERS
 
 
 def tiny_config(model_dir: str, **overrides) -> TrainConfig:
     """Like big_vision's runlocal: a tiny model on built-in synthetic data, a minute on a CPU.
 
     The data (8 synthetic identities, 3 photos each, 40 morphs) is made by the real data prep job
-    in model_dir/tiny_data on first use; the encoder is the offline dlib ResNet.
+    in model_dir/tiny_data (data_prep.synthetic.make_tiny_data, which train_main.py calls on first
+    use); the encoder is the offline dlib ResNet.
     """
     settings = dict(
         data_dir=str(pathlib.Path(model_dir) / "tiny_data"),
@@ -126,20 +58,7 @@ def tiny_config(model_dir: str, **overrides) -> TrainConfig:
         shuffle_buffer=64,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-def make_tiny_data(data_dir: str, seed: int = 0) -> None:
-    """Runs the real data prep job on synthetic faces (in this process) unless data_dir has records."""
-    if list(pathlib.Path(data_dir).glob("train-*.tfrecord")) and (pathlib.Path(data_dir) / data.METADATA_FILE).exists():
-        return
-    from data_prep import job, stages, synthetic
-
-    photos = pathlib.Path(data_dir) / "photos"
-    manifest = synthetic.write_synthetic_dataset(photos, num_identities=8, photos_per_identity=3, seed=seed)
-    config = stages.PrepConfig(num_morphs=40, validation_fraction=0.3, seed=seed)
-    summary = job.run(manifest, data_dir, config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4)
-    print(f"made tiny synthetic data in {data_dir}: {summary['records']}", flush=True)
+    return TrainConfig().replace(**settings)
 
 
 def cpu_has_bfloat16() -> bool:
@@ -152,7 +71,7 @@ def cpu_has_bfloat16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """"auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions, where it
+    """ "auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions, where it
     measured 1.1-1.25x faster per step with losses tracking float32 (benchmarks/train_bench.py,
     precision_check.py); else float32 (GPUs: not measured here). Other values pass through."""
     if precision != "auto":
@@ -180,32 +99,33 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
     """The model (encoder with real weights inside), built and compiled; call inside a strategy scope."""
     from normalized_faces.encoders import get_encoder
 
-    options = {"weights_path": config.encoder_weights} if config.encoder_weights else {}
-    encoder = get_encoder(config.encoder, aligned_size=image_size, **options)
+    options = {"weights_path": config.runtime.encoder_weights} if config.runtime.encoder_weights else {}
+    encoder = get_encoder(config.model.encoder, aligned_size=image_size, **options)
     model = NormalizedFaceModel(
         encoder,
         mean_landmarks,
-        feature_dim=config.feature_dim,
-        landmark_hidden=tuple(config.landmark_hidden),
-        texture_decoder=config.texture_decoder,
-        texture_base_channels=config.texture_base_channels,
-        texture_min_channels=config.texture_min_channels,
-        texture_fc_size=config.texture_fc_size,
-        texture_upsampling=config.texture_upsampling,
+        feature_dim=config.model.feature_dim,
+        landmark_hidden=tuple(config.model.landmark_hidden),
+        texture_decoder=config.model.texture_decoder,
+        texture_base_channels=config.model.texture_base_channels,
+        texture_min_channels=config.model.texture_min_channels,
+        texture_fc_size=config.model.texture_fc_size,
+        texture_upsampling=config.model.texture_upsampling,
         image_size=image_size,
-        landmark_weight=config.landmark_weight,
-        texture_weight=config.texture_weight,
-        identity_weight=config.identity_weight,
-        flow_stride=config.flow_stride,
-        identity_render=config.identity_render,
-        identity_flow_stride=config.identity_flow_stride,
+        landmark_weight=config.trainer.landmark_weight,
+        texture_weight=config.trainer.texture_weight,
+        identity_weight=config.trainer.identity_weight,
+        flow_stride=config.trainer.flow_stride,
+        identity_render=config.trainer.identity_render,
+        identity_flow_stride=config.trainer.identity_flow_stride,
     )
     # Loss scaling also gives every precision the same guard: a step whose gradients are not
     # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
     optimizer = keras.optimizers.LossScaleOptimizer(
-        OPTIMIZERS[config.optimizer](config.learning_rate), initial_scale=2.0**15 if resolve_precision(config.precision) == "mixed_float16" else 1.0
+        OPTIMIZERS[config.trainer.optimizer](config.trainer.learning_rate),
+        initial_scale=2.0**15 if resolve_precision(config.runtime.precision) == "mixed_float16" else 1.0,
     )
-    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
     model(tf.zeros([1, image_size, image_size, 3]))  # create every variable before a restore
     optimizer.build(model.trainable_variables)
     return model
@@ -232,7 +152,11 @@ class _Checkpoints:
         task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
         self.directory = directory if self.is_chief else os.path.join(directory, f".worker_{task_id}")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
-        self.chief_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep) if not self.is_chief else self.manager
+        self.chief_manager = (
+            tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+            if not self.is_chief
+            else self.manager
+        )
 
     def restore(self):
         latest = self.chief_manager.latest_checkpoint
@@ -274,7 +198,7 @@ class _Supervisor(keras.callbacks.Callback):
             step = self._step() + 1  # the step that was attempted (and skipped by the optimizer)
             self.nonfinite_steps.append(step)
             message = f"non-finite loss at step {step}: that batch's update was skipped, the weights are unchanged"
-            if self.config.nonfinite == "stop":
+            if self.config.trainer.nonfinite == "stop":
                 self.error = f"{message}; training stopped (--nonfinite=skip carries on past such batches)"
                 self.model.stop_training = True
             else:
@@ -291,12 +215,15 @@ class _Supervisor(keras.callbacks.Callback):
         elapsed = time.time() - self.started
         done = step - self.start_step
         rate = done / elapsed if elapsed > 0 else 0.0
-        remaining = (self.config.train_steps - step) / rate if rate > 0 else float("nan")
+        remaining = (self.config.trainer.train_steps - step) / rate if rate > 0 else float("nan")
         losses = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if "nonfinite" not in k)
         if self.nonfinite_steps:
             losses += f" | {len(self.nonfinite_steps)} non-finite batches skipped so far"
         if self.checkpoints.is_chief:
-            print(f"step {step}/{self.config.train_steps} {losses} | {rate:.2f} steps/s, ETA {remaining / 60:.1f} min", flush=True)
+            print(
+                f"step {step}/{self.config.trainer.train_steps} {losses} | {rate:.2f} steps/s, ETA {remaining / 60:.1f} min",
+                flush=True,
+            )
         if self.writer is not None:
             with self.writer.as_default(step=step):
                 for key, value in logs.items():
@@ -304,7 +231,7 @@ class _Supervisor(keras.callbacks.Callback):
                 if self.sample_batch is not None and self.checkpoints.is_chief:
                     grid = sample_grid(self.model, self.sample_batch)
                     tf.summary.image("samples (input | texture | landmarks | rendered)", grid[None], max_outputs=1)
-                    samples = pathlib.Path(self.config.model_dir) / "samples"
+                    samples = pathlib.Path(self.config.runtime.model_dir) / "samples"
                     samples.mkdir(exist_ok=True)
                     visualize.write_png(samples / f"step_{step:07d}.png", grid)
             self.writer.flush()
@@ -328,27 +255,30 @@ def sample_grid(model, batch) -> np.ndarray:
 
 
 def _write_config(config: TrainConfig, model_dir: pathlib.Path, is_chief: bool) -> None:
-    path = model_dir / "config.json"
-    resolved = dataclasses.asdict(config)
-    resolved["landmark_hidden"] = list(config.landmark_hidden)
+    """Writes config.json (by part); refuses a model_dir whose run has a different model part."""
+    path = model_dir / RUN_CONFIG_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
-        previous.setdefault("texture_upsampling", "transpose")  # runs from before the choice existed
-        changed = [k for k in ARCHITECTURE_KEYS if previous.get(k) != resolved.get(k)]
+        saved = json.loads(path.read_text())
+        if "model" not in saved:  # a flat config.json from before the parts and the upsampling choice
+            saved.setdefault("texture_upsampling", "transpose")
+        previous = dataclasses.asdict(TrainConfig.from_json(saved).model)
+        current = dataclasses.asdict(config.model)
+        changed = [k for k in current if previous[k] != current[k]]
         if changed:
             raise ValueError(
-                f"{model_dir} holds a run with a different architecture ({', '.join(f'{k}: {previous.get(k)!r} -> {resolved.get(k)!r}' for k in changed)}); "
+                f"{model_dir} holds a run with a different model "
+                f"({', '.join(f'{k}: {previous[k]!r} -> {current[k]!r}' for k in changed)}); "
                 "use a new --model_dir"
             )
     if is_chief:
         model_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        path.write_text(json.dumps(config.to_json(), indent=2, sort_keys=True))
 
 
 def train(config: TrainConfig) -> dict:
     """Trains (or resumes) a run. Returns {"step", "status", "history"}.
 
-    The dtype policy (config.precision) is set for the run and the previous global policy is
+    The dtype policy (config.runtime.precision) is set for the run and the previous global policy is
     restored afterwards, so library callers are not left in mixed precision.
     """
     previous_policy = keras.mixed_precision.global_policy()
@@ -360,69 +290,115 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig) -> dict:
     config.check()
-    keras.utils.set_random_seed(config.seed)
-    model_dir = pathlib.Path(config.model_dir)
-    precision = resolve_precision(config.precision)
-    if config.precision == "auto":
+    keras.utils.set_random_seed(config.trainer.seed)
+    model_dir = pathlib.Path(config.runtime.model_dir)
+    precision = resolve_precision(config.runtime.precision)
+    if config.runtime.precision == "auto":
         print(f"precision auto -> {precision}", flush=True)
     if precision != "float32":
         keras.mixed_precision.set_global_policy(precision)
-    strategy = make_strategy(config.strategy, config.tpu)
+    strategy = make_strategy(config.runtime.strategy, config.runtime.tpu)
     chief = is_chief(strategy)
     _write_config(config, model_dir, chief)
-    metadata = data.load_metadata(config.data_dir)
+    metadata = data.load_metadata(config.trainer.data_dir)
     image_size = int(metadata.get("image_size", 224))
     with strategy.scope():
         model = build_model(config, metadata["mean_landmarks"], image_size)
     if chief:  # what export and normalize-face rebuild the model from (with a checkpoint)
         (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(model.get_config(), indent=2))
         if not (model_dir / MEAN_FACE_FILE).exists():
-            visualize.write_png(model_dir / MEAN_FACE_FILE, data.mean_face(config.data_dir, image_size=image_size))
-    checkpoints = _Checkpoints(model, str(model_dir / "checkpoints"), config.keep_checkpoints, strategy)
+            visualize.write_png(
+                model_dir / MEAN_FACE_FILE, data.mean_face(config.trainer.data_dir, image_size=image_size)
+            )
+    checkpoints = _Checkpoints(model, str(model_dir / "checkpoints"), config.trainer.keep_checkpoints, strategy)
     restored = checkpoints.restore()
     step = int(model.optimizer.iterations.numpy())
     if restored:
         print(f"resumed from {restored} at step {step}", flush=True)
-    if step >= config.train_steps:
-        print(f"nothing to do: {model_dir} is already trained to step {step} (train_steps={config.train_steps})", flush=True)
+    if step >= config.trainer.train_steps:
+        print(
+            f"nothing to do: {model_dir} is already trained to step {step} (train_steps={config.trainer.train_steps})",
+            flush=True,
+        )
         return {"step": step, "status": "already_done", "history": {}}
 
     keys, cache = data.TRAINING_KEYS, None
-    if config.encoder_cache:
+    if config.trainer.encoder_cache:
         from normalized_faces import encoder_cache
 
-        cache = encoder_cache.build(config.data_dir, model.encoder, report=lambda line: print(line, flush=True))
+        cache = encoder_cache.build(config.trainer.data_dir, model.encoder, report=lambda line: print(line, flush=True))
         # The photo itself is no longer needed by a step: its encoder outputs stand in for it.
         keys = tuple(k for k in keys if k != "image") + ("features", "embedding")
     train_data = data.make_dataset(
-        config.data_dir, "train", batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, repeat=True, seed=config.seed + step, image_size=image_size,
-        keys=keys, encoder_cache=cache,
+        config.trainer.data_dir,
+        "train",
+        batch_size=config.trainer.batch_size,
+        shuffle_buffer=config.trainer.shuffle_buffer,
+        repeat=True,
+        seed=config.trainer.seed + step,
+        image_size=image_size,
+        keys=keys,
+        encoder_cache=cache,
     )
     try:
         validation = data.make_dataset(
-            config.data_dir, "validation", batch_size=config.batch_size, repeat=True, image_size=image_size, keys=keys, encoder_cache=cache
+            config.trainer.data_dir,
+            "validation",
+            batch_size=config.trainer.batch_size,
+            repeat=True,
+            image_size=image_size,
+            keys=keys,
+            encoder_cache=cache,
         )
-        sample_batch = next(iter(data.make_dataset(config.data_dir, "validation", batch_size=4, image_size=image_size)))
+        sample_batch = next(
+            iter(data.make_dataset(config.trainer.data_dir, "validation", batch_size=4, image_size=image_size))
+        )
     except (FileNotFoundError, StopIteration):
         validation, sample_batch = None, None
-    interval = config.checkpoint_interval
-    epochs = math.ceil(config.train_steps / interval)
+    interval = config.trainer.checkpoint_interval
+    epochs = math.ceil(config.trainer.train_steps / interval)
     writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else None
     supervisor = _Supervisor(config, checkpoints, sample_batch, writer, step)
     callbacks = [supervisor]
     if chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "logs" / "keras"), update_freq=config.summary_interval, write_graph=False))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                str(model_dir / "logs" / "keras"), update_freq=config.trainer.summary_interval, write_graph=False
+            )
+        )
     fit_options = {}
     if validation is not None:
-        fit_options = dict(validation_data=validation, validation_steps=config.validation_steps, validation_freq=max(1, config.validation_interval // interval))
+        fit_options = dict(
+            validation_data=validation,
+            validation_steps=config.trainer.validation_steps,
+            validation_freq=max(1, config.trainer.validation_interval // interval),
+        )
     history = model.fit(
-        train_data, epochs=epochs, initial_epoch=step // interval, steps_per_epoch=interval, callbacks=callbacks, verbose=0, **fit_options
+        train_data,
+        epochs=epochs,
+        initial_epoch=step // interval,
+        steps_per_epoch=interval,
+        callbacks=callbacks,
+        verbose=0,
+        **fit_options,
     )
     final = int(model.optimizer.iterations.numpy())
-    if final < config.train_steps and not supervisor.error:
-        print(f"{config.train_steps - final} of the run's batches were skipped (non-finite loss): at step {final}; run again to continue", flush=True)
+    if final < config.trainer.train_steps and not supervisor.error:
+        print(
+            f"{config.trainer.train_steps - final} of the run's batches were skipped (non-finite loss): "
+            f"at step {final}; run again to continue",
+            flush=True,
+        )
     if supervisor.error:
         raise FloatingPointError(f"{supervisor.error}. Last checkpoint: {checkpoints.chief_manager.latest_checkpoint}")
     if chief:
-        print(f"trained to step {final}; checkpoints in {model_dir / 'checkpoints'}, TensorBoard logs in {model_dir / 'logs'}", flush=True)
-    return {"step": final, "status": "trained", "history": history.history, "nonfinite_steps": supervisor.nonfinite_steps}
+        print(
+            f"trained to step {final}; checkpoints in {model_dir / 'checkpoints'}, TensorBoard logs in {model_dir / 'logs'}",
+            flush=True,
+        )
+    return {
+        "step": final,
+        "status": "trained",
+        "history": history.history,
+        "nonfinite_steps": supervisor.nonfinite_steps,
+    }

@@ -41,7 +41,7 @@ def draw_landmarks(image, points, color=(255, 40, 40), radius=None, contours=Tru
     fixed = np.round(points * 16).astype(np.int32)
     if contours and len(points) == lm.NUM_LANDMARKS:
         for index_range, closed in _CONTOURS:
-            cv2.polylines(canvas, [fixed[index_range.start:index_range.stop]], closed, color, 1, cv2.LINE_AA, shift=4)
+            cv2.polylines(canvas, [fixed[index_range.start : index_range.stop]], closed, color, 1, cv2.LINE_AA, shift=4)
     for x, y in fixed:
         cv2.circle(canvas, (int(x), int(y)), radius * 16, color, -1, cv2.LINE_AA, shift=4)
     return canvas
@@ -69,7 +69,9 @@ def draw_flow_arrows(image, flow, step=16, color=(0, 0, 0)) -> np.ndarray:
             dx, dy = flow[y, x]
             if dx * dx + dy * dy < 0.25:
                 continue
-            cv2.arrowedLine(canvas, (int(round(x - dx)), int(round(y - dy))), (x, y), color, 1, cv2.LINE_AA, tipLength=0.3)
+            cv2.arrowedLine(
+                canvas, (int(round(x - dx)), int(round(y - dy))), (x, y), color, 1, cv2.LINE_AA, tipLength=0.3
+            )
     return canvas
 
 
@@ -92,14 +94,18 @@ def image_grid(rows, labels=None, column_titles=None, scale=1, gap=4, background
     for r, row in enumerate(rows):
         y = title_height + gap + r * (height + gap)
         if labels:
-            cv2.putText(sheet, labels[r], (4, y + height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(
+                sheet, labels[r], (4, y + height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA
+            )
         for c, image in enumerate(row):
             if image.ndim == 2:
                 image = np.repeat(image[..., None], 3, axis=-1)
             if image.shape[:2] != (height, width):  # cells take the first image's size (times scale)
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA)
+                image = cv2.resize(
+                    image, (width, height), interpolation=cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA
+                )
             x = label_width + gap + c * (width + gap)
-            sheet[y:y + height, x:x + width] = image
+            sheet[y : y + height, x : x + width] = image
     return sheet
 
 
@@ -122,7 +128,7 @@ def checkerboard_ratio(image, band: int = 6) -> float:
     power = np.abs(np.fft.fft2(gray - gray.mean())) ** 2
     half = gray.shape[0] // 2
     nyquist = power[half, :].sum() + power[:, half].sum()
-    below = power[half - band - 2: half - 2, :].sum() / band + power[:, half - band - 2: half - 2].sum() / band
+    below = power[half - band - 2 : half - 2, :].sum() / band + power[:, half - band - 2 : half - 2].sum() / band
     return float(nyquist / below)
 
 

@@ -344,9 +344,7 @@ def evaluate_spline_on_affine_grid(fit: SplineFit, chip_to_frame, us, vs):
     )
 
 
-def interpolate_spline(
-    train_points, train_values, query_points, order, regularization_weight=0.0, compute_dtype=None
-):
+def interpolate_spline(train_points, train_values, query_points, order, regularization_weight=0.0, compute_dtype=None):
     """Polyharmonic spline interpolation (drop-in for `tfa.image.interpolate_spline`).
 
     f(x) = sum_i w_i phi(|x - c_i|) + v^T [x, 1], with phi(r) = r^k (odd k) or r^k log r (even k),
@@ -503,6 +501,17 @@ def _check_stride(flow_stride) -> int:
     return flow_stride
 
 
+def _check_same_size(axis: int, what: str, **tensors):
+    """Raises ValueError naming the tensors and their shapes when their sizes on `axis` differ (a
+    mismatch would otherwise surface as a raw shape error inside the spline solve). Sizes unknown
+    until run time (None) are left to the ops."""
+    known = {name: t.shape for name, t in tensors.items() if t.shape.rank is not None and t.shape[axis] is not None}
+    if len({shape[axis] for shape in known.values()}) > 1:
+        raise ValueError(
+            f"{' and '.join(f'{name} {list(shape)}' for name, shape in known.items())} must have the same {what}"
+        )
+
+
 def _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype):
     """The spline of a sparse warp: flow dest - source fitted at dest, plus zero flow at the border.
 
@@ -518,6 +527,8 @@ def _fit_warp(image, source_points, dest_points, order, regularization_weight, n
     for name, points in (("source_points", source), ("dest_points", dest)):
         if points.shape[-1] is not None and points.shape[-1] != 2:
             raise ValueError(f"{name} must be [B, N, 2] (x, y) points, got shape {points.shape}")
+    _check_same_size(1, "number of points", source_points=source, dest_points=dest)
+    _check_same_size(0, "batch size", image=image, source_points=source, dest_points=dest)
     shape = tf.shape(image)
     batch, height, width = shape[0], shape[1], shape[2]
     flows = dest - source
@@ -563,13 +574,17 @@ def sparse_image_warp(
       (warped [B, H, W, C] in image's dtype, flow [B, H, W, 2] (x, y) displacements, float64 if
       any input is float64, else float32).
     """
-    image, fit, result_dtype, dtype = _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype)
+    image, fit, result_dtype, dtype = _fit_warp(
+        image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype
+    )
     flow_stride = _check_stride(flow_stride)
     shape = tf.shape(image)
     height, width = shape[1], shape[2]
 
     if flow_stride == 1:
-        flow = evaluate_spline_on_grid(fit, _pixel_grid_coordinates(width, dtype), _pixel_grid_coordinates(height, dtype))
+        flow = evaluate_spline_on_grid(
+            fit, _pixel_grid_coordinates(width, dtype), _pixel_grid_coordinates(height, dtype)
+        )
     else:
         xs, upsample_x = _flow_grid(width, flow_stride, dtype)
         ys, upsample_y = _flow_grid(height, flow_stride, dtype)
@@ -613,7 +628,9 @@ def sparse_image_warp_chip(
     Returns:
       [B, chip_size, chip_size, C] in image's dtype.
     """
-    image, fit, result_dtype, dtype = _fit_warp(image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype)
+    image, fit, result_dtype, dtype = _fit_warp(
+        image, source_points, dest_points, order, regularization_weight, num_boundary_points, compute_dtype
+    )
     flow_stride = _check_stride(flow_stride)
     chip_size = int(chip_size)
     matrix = tf.constant(np.asarray(chip_to_image, np.float64), dtype)  # [2, 3]

@@ -35,10 +35,10 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """The tiny config's synthetic dataset, made once by the real data prep job."""
-    from normalized_faces import train
+    from data_prep import synthetic
 
     folder = tmp_path_factory.mktemp("tiny_data")
-    train.make_tiny_data(str(folder))
+    synthetic.make_tiny_data(str(folder))
     return str(folder)
 
 

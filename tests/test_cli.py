@@ -8,8 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from data_prep import synthetic
 from normalized_faces import adjust, alignment, cli, evaluate
 
@@ -30,9 +30,20 @@ def test_normalize_face_command_on_synthetic_photos_with_bad_inputs(exported, sy
     cv2.imwrite(str(tmp_path / "wall.png"), np.full([120, 160, 3], 200, np.uint8))
     out = tmp_path / "out"
     result = subprocess.run(
-        [str(NORMALIZE_FACE), f"--model={exported.parent}", f"--output_dir={out}", f"--manifest={manifest}", "--adjust_colors",
-         str(tmp_path / "empty.jpg"), str(tmp_path / "notes.jpg"), str(tmp_path / "wall.png"), str(tmp_path / "missing.jpg")],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(NORMALIZE_FACE),
+            f"--model={exported.parent}",
+            f"--output_dir={out}",
+            f"--manifest={manifest}",
+            "--adjust_colors",
+            str(tmp_path / "empty.jpg"),
+            str(tmp_path / "notes.jpg"),
+            str(tmp_path / "wall.png"),
+            str(tmp_path / "missing.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     print(result.stdout)
     assert result.returncode == 1, result.stdout + result.stderr  # some photos failed
@@ -83,7 +94,13 @@ def test_photo_adjustment_removes_a_colour_cast(rng):
 def test_evaluation_writes_histogram_and_report(exported, synthetic_photos, tmp_path):
     _, manifest = synthetic_photos
     lines = []
-    summary = evaluate.evaluate(str(exported.parent), evaluate.items_from(manifest=manifest), tmp_path, judges=["dlib_resnet"], report=lines.append)
+    summary = evaluate.evaluate(
+        str(exported.parent),
+        evaluate.items_from(manifest=manifest),
+        tmp_path,
+        judges=["dlib_resnet"],
+        report=lines.append,
+    )
     print("\n".join(lines))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["evaluated"] == 6 and len(report["per_photo"]) == 6
@@ -133,7 +150,9 @@ def test_a_mean_face_cannot_pass_the_evaluation(rng):
     keeps = photos + 0.1 * rng.normal(size=photos.shape)
     keeps /= np.linalg.norm(keeps, axis=1, keepdims=True)
     good = evaluate.judge_figures("test", threshold, photos, keeps, people, gallery, mean)
-    constant = evaluate.judge_figures("test", threshold, photos, np.repeat(mean[None], len(people), 0), people, gallery, mean)
+    constant = evaluate.judge_figures(
+        "test", threshold, photos, np.repeat(mean[None], len(people), 0), people, gallery, mean
+    )
     print(good["normalized"], good["mean_face_baseline"], good["photos_ceiling"])
     assert good["normalized"]["rank1"] > 0.9 and good["normalized"]["impostor"] < 0.1
     assert good["photos_ceiling"]["rank1"] > 0.9
@@ -150,7 +169,9 @@ def test_auto_detector_falls_back_to_the_cnn_where_hog_finds_no_face():
     from normalized_faces.detection import FaceDetector
 
     # An LFW photo where dlib's HOG detector finds no face (found by benchmarks/facenet_lfw.py).
-    photo = cv2.cvtColor(cv2.imread(str(shared_path("faces", "lfw", "Arlen_Specter", "Arlen_Specter_0003.jpg"))), cv2.COLOR_BGR2RGB)
+    photo = cv2.cvtColor(
+        cv2.imread(str(shared_path("faces", "lfw", "Arlen_Specter", "Arlen_Specter_0003.jpg"))), cv2.COLOR_BGR2RGB
+    )
     assert FaceDetector("hog")(photo) == []
     faces = FaceDetector("auto")(photo)
     assert len(faces) >= 1 and faces[0].landmarks.shape == (68, 2)

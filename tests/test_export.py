@@ -55,13 +55,20 @@ def test_signatures_in_a_fresh_process_agree_with_the_keras_model(trained_run, e
         pngs = [bytes.fromhex(h) for h in json.load(open({str(tmp_path / "pngs.json")!r}))]
         a = loaded.signatures["predict_images"](images=tf.constant(floats))
         b = loaded.signatures["serving_default"](images=tf.constant(pngs))
-        np.savez({str(tmp_path / "out.npz")!r}, **{{"float_" + k: v.numpy() for k, v in a.items()}}, **{{"bytes_" + k: v.numpy() for k, v in b.items()}})
+        outputs = {{"float_" + k: v.numpy() for k, v in a.items()}}
+        outputs.update({{"bytes_" + k: v.numpy() for k, v in b.items()}})
+        np.savez({str(tmp_path / "out.npz")!r}, **outputs)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     out = np.load(tmp_path / "out.npz")
     for prefix in ("float_", "bytes_"):
-        assert out[prefix + "normalized_face"].dtype == np.uint8 and out[prefix + "normalized_face"].shape == (3, 224, 224, 3)
+        assert out[prefix + "normalized_face"].dtype == np.uint8 and out[prefix + "normalized_face"].shape == (
+            3,
+            224,
+            224,
+            3,
+        )
         # uint8 rounding can flip a level where float32 results differ in the last bit.
         assert np.abs(out[prefix + "normalized_face"].astype(int) - expected["normalized_face"]).max() <= 1
         for key in ("landmarks", "texture", "embedding"):
@@ -69,8 +76,17 @@ def test_signatures_in_a_fresh_process_agree_with_the_keras_model(trained_run, e
 
 
 def test_saved_model_cli_lists_both_signatures(exported):
-    shown = subprocess.run([str(SAVED_MODEL_CLI), "show", "--dir", str(exported), "--all"], check=True, capture_output=True, text=True).stdout
-    for text in ("signature_def['serving_default']", "signature_def['predict_images']", "normalized_face", "landmarks", "embedding", "DT_STRING"):
+    shown = subprocess.run(
+        [str(SAVED_MODEL_CLI), "show", "--dir", str(exported), "--all"], check=True, capture_output=True, text=True
+    ).stdout
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['predict_images']",
+        "normalized_face",
+        "landmarks",
+        "embedding",
+        "DT_STRING",
+    ):
         assert text in shown, text
 
 
@@ -85,7 +101,9 @@ def test_rest_request_decoded_as_tf_serving_would_runs_through_the_signature(exp
     np.testing.assert_allclose(result["landmarks"].numpy(), direct["landmarks"].numpy(), atol=1e-5)
     float_body = serving_client.rest_body_from_arrays(faces.astype(np.float32) / 255.0)
     name, tensors = serving_client.tensors_from_rest_body(float_body)
-    np.testing.assert_allclose(loaded.signatures[name](images=tensors["images"])["embedding"].numpy(), direct["embedding"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.signatures[name](images=tensors["images"])["embedding"].numpy(), direct["embedding"].numpy(), atol=1e-5
+    )
 
 
 def test_grpc_request_and_warmup_records(exported):
@@ -96,8 +114,16 @@ def test_grpc_request_and_warmup_records(exported):
     assert request.model_spec.signature_name == "serving_default" and request.model_spec.version.value == 1
     loaded = tf.saved_model.load(str(exported))
     images = tf.make_ndarray(request.inputs["images"])
-    assert loaded.signatures["serving_default"](images=tf.constant(list(images)))["normalized_face"].shape == (1, 224, 224, 3)
-    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(exported / "assets.extra" / "tf_serving_warmup_requests"))]
+    assert loaded.signatures["serving_default"](images=tf.constant(list(images)))["normalized_face"].shape == (
+        1,
+        224,
+        224,
+        3,
+    )
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(str(exported / "assets.extra" / "tf_serving_warmup_requests"))
+    ]
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "predict_images"]
     for log in logs:  # TF Serving replays these at load: they must run
         request = log.predict_log.request

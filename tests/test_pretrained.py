@@ -14,7 +14,8 @@ from normalized_faces import inference, pretrained
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "normalized_faces" / "samples"
 needs_shipped_model = pytest.mark.skipif(
-    not pretrained.is_available(), reason=f"no shipped model in {pretrained.PRETRAINED_DIR} (python -m normalized_faces.pretrained --run=... makes it)"
+    not pretrained.is_available(),
+    reason=f"no shipped model in {pretrained.PRETRAINED_DIR} (python -m normalized_faces.pretrained --run=... makes it)",
 )
 
 
@@ -27,14 +28,18 @@ def test_a_packaged_run_gives_the_runs_outputs(trained_run, tmp_path):
     provenance = pretrained.package_run(trained_run, tmp_path / "package")
     assert provenance["step"] == 10 and provenance["weights"]["dtype"] == "float16"
     files = sorted(p.name for p in (tmp_path / "package").iterdir())
-    assert files == sorted([pretrained.CONFIG_FILE, pretrained.WEIGHTS_FILE, pretrained.MEAN_FACE_FILE, pretrained.PROVENANCE_FILE])
+    assert files == sorted(
+        [pretrained.CONFIG_FILE, pretrained.WEIGHTS_FILE, pretrained.MEAN_FACE_FILE, pretrained.PROVENANCE_FILE]
+    )
     run = inference.restore_training_model(trained_run)
     shipped = pretrained.build_model(tmp_path / "package")
     images = _faces(run.image_size)
     ours, theirs = run(images), shipped(images)
     assert float(tf.reduce_max(tf.abs(ours["texture"] - theirs["texture"]))) * 255 < 0.5
     assert float(tf.reduce_max(tf.abs(ours["landmarks"] - theirs["landmarks"]))) < 0.05
-    np.testing.assert_array_equal(ours["embedding"].numpy(), theirs["embedding"].numpy())  # the encoder is not packaged: same weights
+    np.testing.assert_array_equal(
+        ours["embedding"].numpy(), theirs["embedding"].numpy()
+    )  # the encoder is not packaged: same weights
 
 
 def test_packaging_refuses_a_model_over_the_size_limit(trained_run, tmp_path):
@@ -72,7 +77,9 @@ def test_normalize_face_without_model_on_the_bundled_samples(tmp_path):
     assert len(photos) >= 3
     result = subprocess.run(
         [sys.executable, "-m", "normalized_faces.cli", f"--output_dir={tmp_path}", "--adjust_colors", *photos],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the shipped model" in result.stdout

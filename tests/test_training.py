@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from normalized_faces import data, train
-from normalized_faces import visualize
+from normalized_faces import data, train, visualize
 from normalized_faces.model import EncoderHead, LandmarkDecoder, TextureDecoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,7 +39,12 @@ def _batch(tiny_data_dir, size=4):
 
 def test_layers_round_trip_their_config_and_follow_the_paper():
     mean = np.random.default_rng(0).uniform(50, 170, size=[68, 2])
-    for layer in (EncoderHead(64), LandmarkDecoder(mean, (32, 16)), TextureDecoder("cnn"), TextureDecoder("fc", size=224, fc_size=28)):
+    for layer in (
+        EncoderHead(64),
+        LandmarkDecoder(mean, (32, 16)),
+        TextureDecoder("cnn"),
+        TextureDecoder("fc", size=224, fc_size=28),
+    ):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
     decoder = TextureDecoder("cnn", base_channels=256, min_channels=32)
@@ -49,11 +53,15 @@ def test_layers_round_trip_their_config_and_follow_the_paper():
     # FC to 14 x 14 x 256, four 5 x 5 stride-2 transposed convs to 224 x 224 x 32: channels
     # max(256 / 2^i, 32) = 128, 64, 32, 32; then a 1 x 1 conv to RGB.
     assert decoder.project.units == 14 * 14 * 256
-    assert [(l.filters, l.kernel_size, l.strides) for l in decoder.upsample] == [(c, (5, 5), (2, 2)) for c in (128, 64, 32, 32)]
+    assert [(conv.filters, conv.kernel_size, conv.strides) for conv in decoder.upsample] == [
+        (c, (5, 5), (2, 2)) for c in (128, 64, 32, 32)
+    ]
     assert decoder.to_rgb.kernel_size == (1, 1) and decoder.to_rgb.filters == 3
     assert TextureDecoder("fc", size=224, fc_size=28)(tf.zeros([1, 8])).shape == (1, 224, 224, 3)
     landmarks = LandmarkDecoder(mean)(tf.zeros([3, 8]))
-    np.testing.assert_allclose(landmarks.numpy(), np.broadcast_to(mean, [3, 68, 2]), atol=1e-4)  # starts at the mean face
+    np.testing.assert_allclose(
+        landmarks.numpy(), np.broadcast_to(mean, [3, 68, 2]), atol=1e-4
+    )  # starts at the mean face
     with pytest.raises(ValueError, match="texture decoder kind"):
         TextureDecoder("gan")
     with pytest.raises(ValueError, match="texture upsampling"):
@@ -91,15 +99,26 @@ def test_train_steps_change_only_the_decoders(tmp_path, tiny_data_dir):
     assert model.encoder.trainable_weights == [] and len(model.trainable_variables) > 0
     # Two steps: the landmark MLP's output layer starts at zero, so its hidden layer only gets a
     # gradient from the second step on.
-    history = model.fit(data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0)
+    history = model.fit(
+        data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0
+    )
     losses = {k: v[-1] for k, v in history.history.items()}
-    assert set(losses) == {"loss", "landmark_loss", "texture_loss", "identity_loss", "identity_similarity", "nonfinite_batches"}
+    assert set(losses) == {
+        "loss",
+        "landmark_loss",
+        "texture_loss",
+        "identity_loss",
+        "identity_similarity",
+        "nonfinite_batches",
+    }
     assert all(np.isfinite(v) for v in losses.values())
     for before, weight in zip(encoder_before, model.encoder.weights):
         np.testing.assert_array_equal(before, weight.numpy())
     changed = [not np.array_equal(trainable_before[id(w)], w.numpy()) for w in model.trainable_variables]
     assert all(changed), "every head/decoder variable gets a gradient"
-    decoder_variables = {id(v) for part in (model.head, model.landmark_decoder, model.texture_decoder) for v in part.trainable_variables}
+    decoder_variables = {
+        id(v) for part in (model.head, model.landmark_decoder, model.texture_decoder) for v in part.trainable_variables
+    }
     assert {id(v) for v in model.trainable_variables} == decoder_variables
 
 
@@ -111,7 +130,9 @@ def test_without_identity_loss_the_warp_is_not_run(tmp_path, tiny_data_dir):
         raise AssertionError("the warp ran in a training step without the identity loss")
 
     model.renderer.call = forbidden
-    history = model.fit(data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0)
+    history = model.fit(
+        data.make_dataset(tiny_data_dir, "train", batch_size=4, repeat=True), steps_per_epoch=2, epochs=1, verbose=0
+    )
     assert "identity_loss" not in history.history and np.isfinite(history.history["loss"][-1])
 
 
@@ -123,7 +144,9 @@ def test_model_outputs(tmp_path, tiny_data_dir):
     assert outputs["texture"].shape == outputs["rendered"].shape == (2, 224, 224, 3)
     assert outputs["features"].shape == (2, 256) and outputs["embedding"].shape == (2, 128)
     # The renderer is the project's warp from the mean landmarks: with predicted = mean, rendered = texture.
-    np.testing.assert_allclose(outputs["landmarks"].numpy(), np.broadcast_to(model.mean_landmarks, [2, 68, 2]), atol=1e-3)
+    np.testing.assert_allclose(
+        outputs["landmarks"].numpy(), np.broadcast_to(model.mean_landmarks, [2, 68, 2]), atol=1e-3
+    )
     np.testing.assert_allclose(outputs["rendered"].numpy(), outputs["texture"].numpy(), atol=1e-3)
 
 
@@ -140,7 +163,9 @@ def test_overfits_32_records(tmp_path, tiny_data_dir):
     first = model.evaluate(records.batch(8), verbose=0, return_dict=True)["loss"]
     model.fit(dataset, steps_per_epoch=300, epochs=1, verbose=0)
     last = model.evaluate(records.batch(8), verbose=0, return_dict=True)
-    print(f"overfitting 32 records, 300 steps: total loss {first:.4f} -> {last['loss']:.4f} ({first / last['loss']:.1f}x); {last}")
+    print(
+        f"overfitting 32 records, 300 steps: total loss {first:.4f} -> {last['loss']:.4f} ({first / last['loss']:.1f}x); {last}"
+    )
     assert last["loss"] < first / 5
 
 
@@ -187,7 +212,14 @@ def test_mirrored_strategy_matches_one_device(tmp_path, tiny_data_dir):
 
 
 def _train_main(model_dir, data_dir, *flags, env=None):
-    return [sys.executable, str(REPO / "train_main.py"), "--config=tiny", f"--model_dir={model_dir}", f"--data_dir={data_dir}", *flags]
+    return [
+        sys.executable,
+        str(REPO / "train_main.py"),
+        "--config=tiny",
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        *flags,
+    ]
 
 
 def _steps(model_dir):
@@ -198,7 +230,9 @@ def _steps(model_dir):
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data_dir):
     model_dir = tmp_path / "run"
-    command = _train_main(model_dir, tiny_data_dir, "--train_steps=60", "--checkpoint_interval=10", "--identity_weight=0")
+    command = _train_main(
+        model_dir, tiny_data_dir, "--train_steps=60", "--checkpoint_interval=10", "--identity_weight=0"
+    )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -215,13 +249,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_data_dir):
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"at step {killed_at}" in resumed.stdout
-    assert f"step {killed_at + 10}/60" in resumed.stdout and f"step {killed_at}/60" not in resumed.stdout  # no second copy
+    assert (
+        f"step {killed_at + 10}/60" in resumed.stdout and f"step {killed_at}/60" not in resumed.stdout
+    )  # no second copy
     assert max(_steps(model_dir)) == 60
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "nothing to do" in again.stdout and "already trained to step 60" in again.stdout
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["train_steps"] == 60 and config["encoder"] == "dlib_resnet"
-    assert list((model_dir / "samples").glob("step_*.png")) and list((model_dir / "logs").rglob("events.out.tfevents.*"))
+    assert config["trainer"]["train_steps"] == 60 and config["model"]["encoder"] == "dlib_resnet"
+    assert list((model_dir / "samples").glob("step_*.png")) and list(
+        (model_dir / "logs").rglob("events.out.tfevents.*")
+    )
 
 
 def _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=None):
@@ -240,8 +278,13 @@ def _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=None):
 
 def test_nan_loss_stops_training_naming_the_step(tmp_path, tiny_data_dir):
     nan_data = _data_with_nan_landmarks(tiny_data_dir, tmp_path)
-    config = train.tiny_config(str(tmp_path / "run"), data_dir=nan_data, train_steps=40, checkpoint_interval=20, identity_weight=0.0)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+: that batch.s update was skipped, the weights are unchanged; training stopped"):
+    config = train.tiny_config(
+        str(tmp_path / "run"), data_dir=nan_data, train_steps=40, checkpoint_interval=20, identity_weight=0.0
+    )
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss at step \d+: that batch.s update was skipped, the weights are unchanged; training stopped",
+    ):
         train.train(config)
     model = _model(config, nan_data)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
@@ -253,13 +296,22 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path, tiny_data_dir):
 
 def test_nan_loss_can_be_skipped(tmp_path, tiny_data_dir):
     nan_data = _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=2)
-    config = train.tiny_config(str(tmp_path / "run"), data_dir=nan_data, train_steps=20, checkpoint_interval=10, identity_weight=0.0, nonfinite="skip")
+    config = train.tiny_config(
+        str(tmp_path / "run"),
+        data_dir=nan_data,
+        train_steps=20,
+        checkpoint_interval=10,
+        identity_weight=0.0,
+        nonfinite="skip",
+    )
     result = train.train(config)
     skipped = len(result["nonfinite_steps"])
     print(f"skipped {skipped} of 20 batches: {result['nonfinite_steps']}")
     assert result["status"] == "trained" and skipped > 0
     model = _model(config, nan_data)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")))
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+        tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    )
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
     assert int(model.optimizer.iterations.numpy()) == result["step"] == 20 - skipped
 
@@ -275,8 +327,13 @@ def test_mixed_precision_trains_and_leaves_the_global_policy_alone(tmp_path, tin
 def test_changing_the_architecture_of_an_existing_run_is_refused(tmp_path, tiny_data_dir):
     config = _tiny(tmp_path, tiny_data_dir, train_steps=2, checkpoint_interval=2, identity_weight=0.0)
     train.train(config)
-    with pytest.raises(ValueError, match="different architecture .*feature_dim"):
+    with pytest.raises(ValueError, match="different model .*feature_dim"):
         train.train(_tiny(tmp_path, tiny_data_dir, train_steps=4, feature_dim=64))
+    # The trainer and runtime parts may change between resumes.
+    resumed = train.train(
+        _tiny(tmp_path, tiny_data_dir, train_steps=4, checkpoint_interval=2, identity_weight=0.0, learning_rate=5e-4)
+    )
+    assert resumed["step"] == 4
 
 
 # --- Several machines ------------------------------------------------------------------------------
@@ -300,8 +357,17 @@ def test_multi_worker_mirrored_two_processes_on_localhost(tmp_path, tiny_data_di
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="2")
-        command = _train_main(model_dir, tiny_data_dir, "--strategy=multi_worker_mirrored", "--train_steps=6", "--checkpoint_interval=3", "--identity_weight=0")
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        command = _train_main(
+            model_dir,
+            tiny_data_dir,
+            "--strategy=multi_worker_mirrored",
+            "--train_steps=6",
+            "--checkpoint_interval=3",
+            "--identity_weight=0",
+        )
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outputs = []
     for process in processes:
         out, _ = process.communicate(timeout=600)
@@ -312,7 +378,9 @@ def test_multi_worker_mirrored_two_processes_on_localhost(tmp_path, tiny_data_di
     assert not list((model_dir / "checkpoints").glob(".worker_*"))  # the other worker's scratch copy is gone
     config = train.tiny_config(str(model_dir), data_dir=tiny_data_dir)
     model = _model(config, tiny_data_dir)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(str(model_dir / "checkpoints" / "ckpt-6")).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+        str(model_dir / "checkpoints" / "ckpt-6")
+    ).assert_existing_objects_matched()
     assert int(model.optimizer.iterations.numpy()) == 6
 
 
@@ -327,7 +395,9 @@ def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
     rng = np.random.default_rng(3)
     for variable in model.trainable_variables:
         variable.assign(rng.normal(size=variable.shape).astype(np.float32))
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path / "run" / "checkpoints"), 3)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path / "run" / "checkpoints"), 3
+    )
     manager.save(checkpoint_number=99)
     restored = inference.restore_training_model(tmp_path / "run")
     assert len(restored.weights) == len(model.weights)
@@ -349,9 +419,13 @@ def test_encoder_cache_holds_the_encoders_outputs_and_training_losses_are_unchan
     folder = encoder_cache.build(str(data_dir), model.encoder, report=lines.append)
     manifest = encoder_cache.load_manifest(folder)
     assert manifest["feature_dim"] == 256 and manifest["embedding_dim"] == 128 and len(lines) == len(manifest["shards"])
-    assert sum(s["records"] for s in manifest["shards"].values()) == sum(1 for split in data.SPLITS for f in data.record_files(str(data_dir), split) for _ in tf.data.TFRecordDataset(f))
+    assert sum(s["records"] for s in manifest["shards"].values()) == sum(
+        1 for split in data.SPLITS for f in data.record_files(str(data_dir), split) for _ in tf.data.TFRecordDataset(f)
+    )
     # Built once: a second call reuses it; another encoder configuration gets another folder.
-    assert encoder_cache.build(str(data_dir), model.encoder, report=lines.append) == folder and len(lines) == len(manifest["shards"])
+    assert encoder_cache.build(str(data_dir), model.encoder, report=lines.append) == folder and len(lines) == len(
+        manifest["shards"]
+    )
     from normalized_faces.encoders import get_encoder
 
     assert encoder_cache.cache_dir(str(data_dir), get_encoder("dlib_resnet", aligned_size=200)) != folder

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.interpolate
 import tensorflow as tf
-
 from conftest import shared_path
+
 from normalized_faces import landmarks, warp
 
 
@@ -84,9 +84,7 @@ def _regression_cases():
 def test_interpolate_spline_matches_reference_regression_values(problem, order, reg):
     data = _oracle()["problems"][problem]
     expected = next(
-        e["values"]
-        for e in data["expected_query_values"]
-        if e["order"] == order and e["regularization_weight"] == reg
+        e["values"] for e in data["expected_query_values"] if e["order"] == order and e["regularization_weight"] == reg
     )
     out = warp.interpolate_spline(
         np.array(data["train_points"]), np.array(data["train_values"]), np.array(data["query_points"]), order, reg
@@ -125,7 +123,13 @@ def test_sparse_image_warp_matches_reference_smiley_images(order, num_boundary_p
 
 @pytest.mark.parametrize(
     "order,kernel,smoothing",
-    [(1, "linear", 0.0), (2, "thin_plate_spline", 0.0), (2, "thin_plate_spline", 0.5), (3, "cubic", 0.0), (3, "cubic", 0.3)],
+    [
+        (1, "linear", 0.0),
+        (2, "thin_plate_spline", 0.0),
+        (2, "thin_plate_spline", 0.5),
+        (3, "cubic", 0.0),
+        (3, "cubic", 0.3),
+    ],
 )
 def test_interpolate_spline_matches_scipy_rbf(rng, order, kernel, smoothing):
     # scipy: kernel matrix + smoothing * I with a degree-1 polynomial: our system with reg =
@@ -137,7 +141,9 @@ def test_interpolate_spline_matches_scipy_rbf(rng, order, kernel, smoothing):
         points = rng.uniform(0, 224, size=[40, 2])
         values = rng.normal(size=[40, 3]) * 10
         query = rng.uniform(-20, 244, size=[200, 2])
-        expected = scipy.interpolate.RBFInterpolator(points, values, kernel=kernel, degree=1, smoothing=scipy_smoothing)(query)
+        expected = scipy.interpolate.RBFInterpolator(
+            points, values, kernel=kernel, degree=1, smoothing=scipy_smoothing
+        )(query)
         ours = warp.interpolate_spline(points[None], values[None], query[None], order, smoothing)[0].numpy()
         np.testing.assert_allclose(ours, expected, rtol=1e-7, atol=1e-7 * np.abs(expected).max())
 
@@ -223,9 +229,7 @@ def test_border_points_layout():
     corners = warp.border_points(180, 200, 1, tf.float64).numpy()
     np.testing.assert_array_equal(corners, [[0, 0], [199, 0], [0, 179], [199, 179]])
     eight = warp.border_points(11, 21, 2, tf.float64).numpy()
-    np.testing.assert_array_equal(
-        eight, [[0, 0], [10, 0], [20, 0], [0, 5], [20, 5], [0, 10], [10, 10], [20, 10]]
-    )
+    np.testing.assert_array_equal(eight, [[0, 0], [10, 0], [20, 0], [0, 5], [20, 5], [0, 10], [10, 10], [20, 10]])
     assert warp.border_points(224, 224, 4).shape == (16, 2)
     assert warp.border_points(224, 224, 0).shape == (0, 2)
 
@@ -262,11 +266,15 @@ def test_interpolate_spline_gradients_match_finite_differences(rng):
         for index, name in enumerate(["train_points", "train_values", "query_points"]):
             args = [points, values, query]
 
-            def f(x, index=index, order=order):
-                return warp.interpolate_spline(*(args[:index] + [x] + args[index + 1:]), order=order, regularization_weight=0.01)
+            def f(x, index=index, order=order, args=args):
+                return warp.interpolate_spline(
+                    *(args[:index] + [x] + args[index + 1 :]), order=order, regularization_weight=0.01
+                )
 
             theoretical, numerical = tf.test.compute_gradient(f, [tf.constant(args[index])], delta=1e-6)
-            np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-5, rtol=1e-4, err_msg=f"order {order}, {name}")
+            np.testing.assert_allclose(
+                theoretical[0], numerical[0], atol=1e-5, rtol=1e-4, err_msg=f"order {order}, {name}"
+            )
 
 
 def test_xla_and_eager_agree_forward_and_backward(rng):
@@ -406,6 +414,19 @@ def test_bad_shapes_are_named():
         warp.sparse_image_warp(np.zeros([1, 16, 16, 3]), np.zeros([1, 4, 2]), np.zeros([1, 4, 3]))
     with pytest.raises(ValueError, match=r"flow must be \[B, H, W, 2\]"):
         warp.dense_image_warp(np.zeros([1, 16, 16, 3]), np.zeros([1, 16, 16, 3]))
+    with pytest.raises(
+        ValueError, match=r"source_points \[1, 4, 2\] and dest_points \[1, 5, 2\] must have the same number of points"
+    ):
+        warp.sparse_image_warp(np.zeros([1, 16, 16, 3]), np.zeros([1, 4, 2]), np.zeros([1, 5, 2]))
+    with pytest.raises(
+        ValueError,
+        match=r"image \[2, 16, 16, 3\] and source_points \[1, 4, 2\] and dest_points \[1, 4, 2\] must have the same batch size",
+    ):
+        warp.sparse_image_warp(np.zeros([2, 16, 16, 3]), np.zeros([1, 4, 2]), np.zeros([1, 4, 2]))
+    with pytest.raises(ValueError, match="must have the same batch size"):
+        warp.sparse_image_warp_chip(
+            np.zeros([2, 16, 16, 3]), np.zeros([1, 4, 2]), np.zeros([1, 4, 2]), np.eye(3)[None, :2], 8
+        )
 
 
 # --- Coarse flow ---------------------------------------------------------------------------------
@@ -452,9 +473,16 @@ def test_coarse_flow_handles_sizes_not_divisible_by_the_stride(rng):
 @pytest.mark.parametrize("flow_stride", [1, 4])
 def test_chip_with_the_identity_framing_is_the_warped_image(rng, flow_stride):
     image, source, dest = face_warp_problem(rng, 2)
-    full, _ = warp.sparse_image_warp(image.astype(np.float32), source.astype(np.float32), dest.astype(np.float32), flow_stride=flow_stride)
+    full, _ = warp.sparse_image_warp(
+        image.astype(np.float32), source.astype(np.float32), dest.astype(np.float32), flow_stride=flow_stride
+    )
     chip = warp.sparse_image_warp_chip(
-        image.astype(np.float32), source.astype(np.float32), dest.astype(np.float32), np.array([[1.0, 0, 0], [0, 1.0, 0]]), 224, flow_stride=flow_stride
+        image.astype(np.float32),
+        source.astype(np.float32),
+        dest.astype(np.float32),
+        np.array([[1.0, 0, 0], [0, 1.0, 0]]),
+        224,
+        flow_stride=flow_stride,
     )
     # Same points, same flow, same sampling: equal up to float32 rounding of the flow.
     np.testing.assert_allclose(chip.numpy(), full.numpy(), atol=2e-5)
@@ -482,7 +510,9 @@ def test_chip_gradients_match_finite_differences(rng, argument):
     matrix = np.array([[0.9, 0.05, 1.5], [-0.05, 0.9, 2.0]])
 
     def chip(x):
-        return warp.sparse_image_warp_chip(**{**inputs, argument: x}, chip_to_image=matrix, chip_size=6, num_boundary_points=1)
+        return warp.sparse_image_warp_chip(
+            **{**inputs, argument: x}, chip_to_image=matrix, chip_size=6, num_boundary_points=1
+        )
 
     theoretical, numerical = tf.test.compute_gradient(chip, [tf.constant(inputs[argument])], delta=1e-6)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-6, rtol=1e-5)
@@ -492,14 +522,23 @@ def test_spline_on_an_affine_grid_equals_the_spline_at_those_points(rng):
     points = rng.uniform(0, 100, size=[2, 12, 2])
     values = rng.normal(size=[2, 12, 2])
     angle, scale_u, scale_v = 0.3, 1.4, 0.8
-    matrix = np.array([[scale_u * np.cos(angle), -scale_v * np.sin(angle), 7.0], [scale_u * np.sin(angle), scale_v * np.cos(angle), -3.0]])
+    matrix = np.array(
+        [
+            [scale_u * np.cos(angle), -scale_v * np.sin(angle), 7.0],
+            [scale_u * np.sin(angle), scale_v * np.cos(angle), -3.0],
+        ]
+    )
     us, vs = np.arange(9.0), np.arange(5.0) * 2.5
     for order in (1, 2):
         fit = warp.fit_spline(points, values, order)
         grid = warp.evaluate_spline_on_affine_grid(fit, matrix, us, vs).numpy()
         v, u = np.meshgrid(vs, us, indexing="ij")
         query = np.stack([u, v, np.ones_like(u)], -1) @ matrix.T  # [V, U, 2]
-        direct = warp.evaluate_spline(fit, np.tile(query.reshape(1, -1, 2), [2, 1, 1])).numpy().reshape(2, len(vs), len(us), 2)
+        direct = (
+            warp.evaluate_spline(fit, np.tile(query.reshape(1, -1, 2), [2, 1, 1]))
+            .numpy()
+            .reshape(2, len(vs), len(us), 2)
+        )
         np.testing.assert_allclose(grid, direct, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="orthogonal"):
         warp.evaluate_spline_on_affine_grid(fit, np.array([[1.0, 0.5, 0], [0.0, 1.0, 0]]), us, vs)

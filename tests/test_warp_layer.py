@@ -26,7 +26,9 @@ def _model(layer, size=64):
 
 
 def test_config_round_trip_and_registration():
-    layer = warp.SparseImageWarp(order=2, regularization_weight=0.1, num_boundary_points=2, flow_stride=4, spline_dtype="float32", name="w")
+    layer = warp.SparseImageWarp(
+        order=2, regularization_weight=0.1, num_boundary_points=2, flow_stride=4, spline_dtype="float32", name="w"
+    )
     config = layer.get_config()
     clone = warp.SparseImageWarp.from_config(config)
     assert clone.get_config() == config

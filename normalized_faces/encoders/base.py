@@ -23,6 +23,8 @@ respect to the input image: the identity loss backpropagates through them into t
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 
 import keras
 import numpy as np
@@ -30,6 +32,8 @@ import tensorflow as tf
 
 from normalized_faces import landmarks as lm
 from normalized_faces import warp
+
+log = logging.getLogger(__name__)
 
 
 _DISTANCES = {
@@ -100,7 +104,7 @@ def similarity_from_points(source, target):
     mu_s, mu_t = source.mean(0), target.mean(0)
     s, t = source - mu_s, target - mu_t
     # Complex-number form: t ~= z s with z = a + ib.
-    denominator = (s ** 2).sum()
+    denominator = (s**2).sum()
     a = (s * t).sum() / denominator
     b = (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum() / denominator
     rotation_scale = np.array([[a, -b], [b, a]])
@@ -151,6 +155,23 @@ class FaceEncoder(keras.layers.Layer):
     def weights_file(self) -> str:
         """The file the pretrained weights were read from (what a cache of outputs is keyed to)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        """A model's config may come from another machine (a shipped or copied model_config.json):
+        a recorded `weights_path` that does not exist here falls back to the encoder's default
+        weights (FaceNet: the set-up command's cache, checked against the published sha256; dlib:
+        the face_recognition_models package's file), with a warning naming the path."""
+        config = dict(config)
+        path = config.get("weights_path")
+        if path and not os.path.exists(os.path.expanduser(path)):
+            log.warning(
+                "%s: %s (recorded in the model's config) is not on this machine; using the default weights",
+                cls.__name__,
+                path,
+            )
+            config["weights_path"] = None
+        return cls(**config)
 
     def chip_to_frame(self, reference_landmarks) -> np.ndarray:
         """[2, 3] matrix: frame (x, y) = M @ [chip x, chip y, 1] for a face with these landmarks."""
@@ -205,7 +226,11 @@ class FaceEncoder(keras.layers.Layer):
         if tuple(images.shape[1:3]) != (None, None) and tuple(images.shape[1:3]) != (expected, expected):
             raise ValueError(
                 f"{self.name} expects {kind} of {expected} x {expected} pixels, got shape {images.shape}"
-                + ("" if self.native_input else f" (pass native_input=True for {self.native_size} x {self.native_size} chips)")
+                + (
+                    ""
+                    if self.native_input
+                    else f" (pass native_input=True for {self.native_size} x {self.native_size} chips)"
+                )
             )
         if self.check_range:
             images = assert_unit_range(images)

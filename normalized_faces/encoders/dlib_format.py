@@ -61,7 +61,7 @@ class _Stream:
     def take(self, count):
         if self.pos + count > len(self.data):
             self.fail(f"file ends early: wanted {count} more bytes")
-        chunk = self.data[self.pos:self.pos + count]
+        chunk = self.data[self.pos : self.pos + count]
         self.pos += count
         return chunk
 
@@ -117,7 +117,7 @@ def _split_params(stream, params, *shapes):
         stream.fail(f"params hold {flat.size} values, the aliases {shapes} want {sum(sizes)}")
     out, offset = [], 0
     for shape, size in zip(shapes, sizes):
-        out.append(flat[offset:offset + size].reshape(shape))
+        out.append(flat[offset : offset + size].reshape(shape))
         offset += size
     return out
 
@@ -136,7 +136,12 @@ def _read_con(stream, version):
         "padding_x": stream.int(),
     }
     filters_shape, biases_shape = stream.alias_tensor(), stream.alias_tensor()
-    for name in ("learning_rate_multiplier", "weight_decay_multiplier", "bias_learning_rate_multiplier", "bias_weight_decay_multiplier"):
+    for name in (
+        "learning_rate_multiplier",
+        "weight_decay_multiplier",
+        "bias_learning_rate_multiplier",
+        "bias_weight_decay_multiplier",
+    ):
         attributes[name] = stream.float()
     attributes["use_bias"] = stream.bool() if version in ("con_5", "con_6") else True
     if version == "con_6":
@@ -183,7 +188,12 @@ def _read_fc(stream, version):
     params = stream.tensor()
     weights_shape, biases_shape = stream.alias_tensor(), stream.alias_tensor()
     attributes["bias_mode"] = stream.int()  # 0: has bias, 1: no bias
-    for name in ("learning_rate_multiplier", "weight_decay_multiplier", "bias_learning_rate_multiplier", "bias_weight_decay_multiplier"):
+    for name in (
+        "learning_rate_multiplier",
+        "weight_decay_multiplier",
+        "bias_learning_rate_multiplier",
+        "bias_weight_decay_multiplier",
+    ):
         attributes[name] = stream.float()
     if version == "fc_3":
         attributes["use_bias"] = stream.bool()

@@ -116,7 +116,9 @@ def _check_architecture(network: dlib_format.DlibNetwork, source):
             f"{expected[first] if first < len(expected) else 'nothing'} ({len(found)} layers, expected {len(expected)})"
         )
     if network.input.attributes.get("nr") not in (None, CHIP_SIZE):
-        raise dlib_format.DlibFormatError(f"{source}: input size {network.input.attributes['nr']}, expected {CHIP_SIZE}")
+        raise dlib_format.DlibFormatError(
+            f"{source}: input size {network.input.attributes['nr']}, expected {CHIP_SIZE}"
+        )
 
 
 def _conv_from_dlib(con: dlib_format.Layer, affine: dlib_format.Layer, name: str):
@@ -132,7 +134,11 @@ def _conv_from_dlib(con: dlib_format.Layer, affine: dlib_format.Layer, name: str
     if padding != (0, 0):
         layers.append(keras.layers.ZeroPadding2D(padding, name=f"{name}_pad"))
     conv = keras.layers.Conv2D(
-        attrs["num_filters"], (attrs["nr"], attrs["nc"]), strides=(attrs["stride_y"], attrs["stride_x"]), padding="valid", name=name
+        attrs["num_filters"],
+        (attrs["nr"], attrs["nc"]),
+        strides=(attrs["stride_y"], attrs["stride_x"]),
+        padding="valid",
+        name=name,
     )
     layers.append(conv)
     return layers, [kernel.astype(np.float32), bias.astype(np.float32)]
@@ -176,7 +182,7 @@ def build_dlib_resnet(weights_path=None, name="dlib_resnet") -> keras.Model:
     x = keras.layers.ReLU(name="stem_relu")(x)
     pool = next(layers).attributes
     x = keras.layers.MaxPool2D((pool["nr"], pool["nc"]), (pool["stride_y"], pool["stride_x"]), name="stem_pool")(x)
-    for stage, (channels, blocks, downsample) in enumerate(STAGES):
+    for stage, (_channels, blocks, downsample) in enumerate(STAGES):
         for block in range(blocks):
             prefix = f"stage{stage}_block{block}"
             block_input = x

@@ -101,7 +101,9 @@ def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CAC
             return "h5", str(path)
         if pathlib.Path(str(path) + ".index").is_file():
             return "checkpoint", str(path)
-        raise FacenetWeightsNotFound(missing_weights_message(key, cache_folder, [f"{path} (no such .h5 file or checkpoint)"]))
+        raise FacenetWeightsNotFound(
+            missing_weights_message(key, cache_folder, [f"{path} (no such .h5 file or checkpoint)"])
+        )
     cached = cache_weights_path(key, cache_folder)
     if cached.is_file():
         digest = sha256_of(cached)
@@ -110,8 +112,10 @@ def resolve_weights(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CAC
                 missing_weights_message(
                     key,
                     cache_folder,
-                    [f"{cached} (present, {cached.stat().st_size:,} bytes, but sha256 {digest} != published {info.sha256}: "
-                     "corrupt or truncated; delete it and fetch again)"],
+                    [
+                        f"{cached} (present, {cached.stat().st_size:,} bytes, but sha256 {digest} != published {info.sha256}: "
+                        "corrupt or truncated; delete it and fetch again)"
+                    ],
                 )
             )
         return "h5", str(cached)
@@ -205,7 +209,9 @@ def load_sandberg_checkpoint(model: keras.Model, prefix: str) -> None:
                 missing.append(f"{layer.name}/{short}")
                 continue
             if tuple(array.shape) != tuple(weight.shape):
-                raise ValueError(f"{prefix}: {layer.name}/{short} has shape {array.shape}, the network wants {tuple(weight.shape)}")
+                raise ValueError(
+                    f"{prefix}: {layer.name}/{short} has shape {array.shape}, the network wants {tuple(weight.shape)}"
+                )
             arrays.append(array)
         if len(arrays) == len(layer.weights):
             layer.set_weights(arrays)
@@ -260,7 +266,9 @@ def build_facenet(key=DEFAULT_KEY, weights_path=None, cache_folder=DEFAULT_CACHE
     log.info("FaceNet %s weights loaded from %s (%s)", key, path, kind)
     chips = keras.Input([CHIP_SIZE, CHIP_SIZE, 3], name="chip")
     standardized = preprocessing_layer(info.preprocessing)(chips)
-    inner = keras.Model(network.input, {"features": network.get_layer(FEATURE_LAYER).output, "embedding": network.output})
+    inner = keras.Model(
+        network.input, {"features": network.get_layer(FEATURE_LAYER).output, "embedding": network.output}
+    )
     model = keras.Model(chips, inner(standardized), name=f"facenet_{key}")
     model.trainable = False
     return model

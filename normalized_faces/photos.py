@@ -1,6 +1,10 @@
-"""Stage 1: read and decode a photo into RGB uint8, or say exactly why not.
+"""Photos in: decode a photo's bytes into RGB uint8 by rule, or say exactly why not.
 
-Rules (each rejection is a `RejectedPhoto` with a short reason code, counted by the pipeline):
+`RejectedPhoto` is the one way any stage says a photo will not be used (decoding here; detection,
+alignment and the filters in data_prep.stages; normalize-face's input checks): a short reason code
+that the data prep job counts, a detail for people, and the measured values.
+
+Decoding rules (the reason codes raised here):
   empty_file        zero bytes
   not_an_image      no known image format (e.g. a text file named .jpg)
   too_large         the header claims more than `max_pixels` (a decompression bomb), checked before
@@ -28,7 +32,8 @@ DEFAULT_MIN_SIDE = 32
 
 
 class RejectedPhoto(Exception):
-    """A photo that cannot go on, with a reason code and a human-readable detail."""
+    """A photo that will not be used: `reason` (a short code the job counts, e.g. "corrupt",
+    "no_face", "smiling"), `detail` for people, and `values` (measure, threshold, stage...)."""
 
     def __init__(self, reason: str, detail: str = "", **values):
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -57,7 +57,7 @@ def list_folder(root: str) -> list:
     matches = FileSystems.match([_join(root, "*", "*")])[0].metadata_list
     inputs = []
     for metadata in matches:
-        relative = metadata.path[len(root) + 1:]
+        relative = metadata.path[len(root) + 1 :]
         identity, _, name = relative.partition("/")
         if name and "/" not in name and not name.startswith("."):
             inputs.append(PhotoInput(metadata.path, identity))

@@ -1,7 +1,7 @@
 """`make demo`: the product on real photos in about a minute; `make demo-pipeline`: the whole pipeline.
 
-    python -m normalized_faces.demo [--output_dir=demo_output] [--photos=PHOTO,...]
-    python -m normalized_faces.demo --pipeline [--input=PHOTOS] [--train_steps=300]
+    python demo_main.py [--output_dir=demo_output] [--photos=PHOTO,...]
+    python demo_main.py --pipeline [--input=PHOTOS] [--train_steps=300]
 
 Default (photos): the bundled sample photos (normalized_faces/samples, public-domain official
 portraits, SOURCES.md) or --photos, normalized by the model shipped with the package ->
@@ -32,9 +32,17 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where the demo writes everything.")
-flags.DEFINE_bool("pipeline", False, "Run the whole pipeline (synthetic photos -> data prep -> training -> export -> evaluation) instead.")
+flags.DEFINE_bool(
+    "pipeline",
+    False,
+    "Run the whole pipeline (synthetic photos -> data prep -> training -> export -> evaluation) instead.",
+)
 flags.DEFINE_list("photos", [], "Photos for the default demo (default: the bundled samples).")
-flags.DEFINE_string("input", None, "--pipeline: your photos, <root>/<identity>/<photo> (>= 3 usable photos per person); default: synthetic faces.")
+flags.DEFINE_string(
+    "input",
+    None,
+    "--pipeline: your photos, <root>/<identity>/<photo> (>= 3 usable photos per person); default: synthetic faces.",
+)
 flags.DEFINE_integer("train_steps", 300, "Training steps of the tiny model.")
 flags.DEFINE_integer("num_morphs", 80, "Random morphs made by data prep.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic faces.")
@@ -74,7 +82,9 @@ def run_warp_demo(output_dir: pathlib.Path, seed: int = 0, flow_stride: int = 1)
     path = output_dir / "warp_demo.png"
     visualize.write_png(path, sheet)
     magnitude = np.hypot(flow[..., 0], flow[..., 1])
-    print(f"warped a 224x224 face: 68 landmarks + 16 border points, order 1, {1000 * seconds:.0f} ms (first call includes tracing)")
+    print(
+        f"warped a 224x224 face: 68 landmarks + 16 border points, order 1, {1000 * seconds:.0f} ms (first call includes tracing)"
+    )
     print(f"flow: mean {magnitude.mean():.2f} px, max {magnitude.max():.2f} px")
     return path
 
@@ -99,21 +109,33 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
         held_back_note = "your photos (the same ones the model trained on: hold some back for a fair test)"
     else:
         step("1/6 photos: synthetic people with known landmarks (10 to train on, 4 held back)")
-        training_input = synthetic.write_synthetic_dataset(output_dir / "photos" / "train", num_identities=10, photos_per_identity=4, seed=seed)
-        held_back_manifest = synthetic.write_synthetic_dataset(output_dir / "photos" / "held_back", num_identities=4, photos_per_identity=3, seed=seed + 1000)
+        training_input = synthetic.write_synthetic_dataset(
+            output_dir / "photos" / "train", num_identities=10, photos_per_identity=4, seed=seed
+        )
+        held_back_manifest = synthetic.write_synthetic_dataset(
+            output_dir / "photos" / "held_back", num_identities=4, photos_per_identity=3, seed=seed + 1000
+        )
         held_back = evaluate.items_from(manifest=held_back_manifest)
         held_back_note = "4 synthetic people the model never saw"
     step("2/6 data prep (Beam): align, filter, average identities, morph")
     data_dir = output_dir / "data"
     summary = job.run(
-        training_input, str(data_dir), stages.PrepConfig(num_morphs=num_morphs, validation_fraction=0.3, seed=seed),
-        ["--direct_running_mode=in_memory"], num_shards=2, preview_count=8,
+        training_input,
+        str(data_dir),
+        stages.PrepConfig(num_morphs=num_morphs, validation_fraction=0.3, seed=seed),
+        ["--direct_running_mode=in_memory"],
+        num_shards=2,
+        preview_count=8,
     )
     job.print_summary(summary, str(data_dir))
     paths["data preview"] = data_dir / "preview.png"
     step(f"3/6 training the tiny model for {train_steps} steps (dlib encoder, CPU)")
     run_dir = output_dir / "run"
-    train.train(train.tiny_config(str(run_dir), data_dir=str(data_dir), train_steps=train_steps, checkpoint_interval=max(train_steps // 4, 1)))
+    train.train(
+        train.tiny_config(
+            str(run_dir), data_dir=str(data_dir), train_steps=train_steps, checkpoint_interval=max(train_steps // 4, 1)
+        )
+    )
     samples = sorted((run_dir / "samples").glob("step_*.png"))
     if samples:
         paths["training samples"] = samples[-1]
@@ -122,7 +144,13 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     paths["SavedModel"] = exported
     step(f"5/6 normalize-face on {held_back_note}")
     normalized_dir = output_dir / "normalized"
-    cli.run(str(exported), str(normalized_dir), [], adjust_colors=True, items=[(path, points) for path, _, points in held_back])
+    cli.run(
+        str(exported),
+        str(normalized_dir),
+        [],
+        adjust_colors=True,
+        items=[(path, points) for path, _, points in held_back],
+    )
     paths["normalized faces"] = normalized_dir / "grid.png"
     step("6/6 evaluation: is the normalized face still the same person?")
     evaluate.evaluate(str(exported), held_back, output_dir / "evaluation")
@@ -133,7 +161,7 @@ def run_demo(output_dir: pathlib.Path, photos_dir=None, train_steps=300, num_mor
     return paths
 
 
-SAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "samples"
+SAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "normalized_faces" / "samples"
 
 
 def run_photos_demo(output_dir: pathlib.Path, photos=()) -> dict:
@@ -146,7 +174,10 @@ def run_photos_demo(output_dir: pathlib.Path, photos=()) -> dict:
     print(f"[{time.time() - started:4.0f}s] normalizing {len(photos)} photos with the shipped model", flush=True)
     normalized_dir = output_dir / "normalized"
     cli.run(None, str(normalized_dir), [str(p) for p in photos], adjust_colors=True)
-    print(f"[{time.time() - started:4.0f}s] evaluation: each photo vs its normalized face, and vs the other people's", flush=True)
+    print(
+        f"[{time.time() - started:4.0f}s] evaluation: each photo vs its normalized face, and vs the other people's",
+        flush=True,
+    )
     # Each photo is its own person here: genuine = photo vs its own normalized face; impostor = vs the others'.
     evaluate.evaluate(None, [(p, p.stem, None) for p in photos], output_dir / "evaluation")
     print(f"[{time.time() - started:4.0f}s] done", flush=True)

@@ -1,0 +1,170 @@
+"""What a training run is, in three parts, each field with its help (train_main.py's flags come from here).
+
+  ModelConfig    what shapes the variables. A checkpoint belongs to exactly one: a resumed run
+                 refuses a different one, and export / normalize-face rebuild the model from it.
+  TrainerConfig  how the variables are learned: data, losses, rendering during training,
+                 optimizer, schedule, intervals. May change between resumes.
+  RuntimeConfig  where and how this process runs: model_dir, devices, precision, compilation,
+                 machine-specific paths. Never part of what a model is.
+
+Flat names are unique across the parts, so callers can say
+`TrainConfig().replace(batch_size=8, feature_dim=128)` without knowing where a field lives, and
+every field is a flag of the same name (config_flags.define_flags).
+
+Also the names of the files a run directory holds, shared by training, inference and export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from normalized_faces.config_flags import check_choices, leaf_fields, option, replace_nested
+from normalized_faces.model import IDENTITY_RENDERS, TEXTURE_DECODERS, TEXTURE_UPSAMPLINGS
+
+RUN_CONFIG_FILE = "config.json"  # the resolved TrainConfig, by part
+MODEL_CONFIG_FILE = "model_config.json"  # the Keras model's get_config(): what inference rebuilds
+# The training data's mean face, kept with the run: evaluation's baseline (a model that ignores
+# identity outputs about this face), exported beside the SavedModel and shipped with the model.
+MEAN_FACE_FILE = "mean_face.png"
+
+ENCODERS = ("facenet", "dlib_resnet")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("fused_adam", "adam")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    encoder: str = option(
+        "facenet",
+        "Frozen face-recognition network (facenet: the paper's; dlib_resnet: works offline).",
+        choices=ENCODERS,
+    )
+    feature_dim: int = option(1024, "Width of the trained layer on top of the encoder (not stated in the paper).")
+    landmark_hidden: tuple = option((512,), "Hidden layer sizes of the landmark MLP.")
+    texture_decoder: str = option(
+        "cnn", "cnn: the paper's convolutional decoder; fc: its fully connected ablation.", choices=TEXTURE_DECODERS
+    )
+    texture_base_channels: int = option(256, "Channels at 14 x 14 in the CNN decoder (paper: 256).")
+    texture_min_channels: int = option(32, "Smallest channel count in the CNN decoder (paper: 32).")
+    texture_fc_size: int | None = option(
+        None, "Resolution of the fc decoder's output before resizing (default: the image size).", kind=int
+    )
+    # "resize" (bilinear x2 + 3 x 3 conv) rather than the paper's 5 x 5 stride-2 transposed convs,
+    # whose uneven overlap printed a checkerboard on every texture (model.TEXTURE_UPSAMPLINGS).
+    texture_upsampling: str = option(
+        "resize",
+        "CNN decoder upsampling: resize (bilinear x2 + 3x3 conv; no checkerboard) or transpose (the paper's 5x5 stride-2 deconvs).",
+        choices=TEXTURE_UPSAMPLINGS,
+    )
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    data_dir: str = option("", "Data prep output: train-*/validation-*.tfrecord and metadata.json.")
+    batch_size: int = option(32, "Global batch size (split over all replicas).")
+    train_steps: int = option(100_000, "Optimizer steps in the whole run.")
+    learning_rate: float = option(1e-4, "Adam learning rate.")
+    optimizer: str = option(
+        "fused_adam",
+        "Adam, updated by TensorFlow's fused kernel (fused_adam, faster on the paper's 51M-weight layer) or Keras's ops (adam). "
+        "Same updates.",
+        choices=OPTIMIZERS,
+    )
+    landmark_weight: float = option(100.0, "Weight of the landmark MSE loss (landmarks in units of the image size).")
+    texture_weight: float = option(1.0, "Weight of the texture MAE loss.")
+    identity_weight: float = option(
+        0.1, "Weight of the identity loss 1 - cos(embeddings); 0 switches it and the warp off (paper's ablation)."
+    )
+    flow_stride: int = option(1, "1: exact spline warp; s > 1: coarse flow (faster, see README).")
+    identity_render: str = option(
+        "chip",
+        "How the identity loss renders the face it encodes. chip: only the encoder's chip, sampled straight from the texture "
+        "(one interpolation; faster). frame: the whole face, then re-framed (the earlier path).",
+        choices=IDENTITY_RENDERS,
+    )
+    identity_flow_stride: int = option(
+        2,
+        "Flow stride of the chip the identity loss renders (training only; normalized faces are always rendered with --flow_stride). "
+        "2 is ~1.1x faster per step than 1 at a ~1e-3 px mean flow difference.",
+    )
+    # Read the input photos' encoder outputs from DATA/encoder_cache (built on first use) instead
+    # of running the frozen encoder on them every step. Same values, less compute (train_bench).
+    encoder_cache: bool = option(
+        True,
+        "Compute the frozen encoder's outputs for the records' photos once (DATA/encoder_cache/, checked against the records) "
+        "instead of at every step. Same values, less time (README's training figures). --noencoder_cache: always run it.",
+    )
+    seed: int = option(0, "Random seed (weights, data order).")
+    shuffle_buffer: int = option(1000, "Records in the shuffle buffer.")
+    checkpoint_interval: int = option(1000, "Steps between checkpoints (and progress lines, sample grids).")
+    summary_interval: int = option(100, "Steps between TensorBoard scalar updates.")
+    validation_interval: int = option(5000, "Steps between validation runs on the validation split.")
+    validation_steps: int = option(10, "Batches per validation run.")
+    keep_checkpoints: int = option(3, "Checkpoints kept (the newest).")
+    nonfinite: str = option(
+        "stop",
+        "On a NaN/Inf loss: stop with a message naming the step, or skip the batch. Weights are never updated by such a batch.",
+        choices=("stop", "skip"),
+    )
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    model_dir: str = option("", "Where checkpoints, logs, samples and config.json go; the run resumes from here.")
+    encoder_weights: str | None = option(
+        None, "FaceNet weights (.h5 or Sandberg checkpoint); default: the set-up command's cache.", kind=str
+    )
+    strategy: str = option(
+        "default", "tf.distribute strategy; multi_worker_mirrored reads TF_CONFIG.", choices=STRATEGIES
+    )
+    tpu: str | None = option(None, "TPU name or address for --strategy=tpu.", kind=str)
+    precision: str = option(
+        "auto",
+        "Keras dtype policy. auto: mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions (AVX512_BF16/AMX; "
+        "measured 1.1-1.25x faster per step, losses tracking float32), else float32.",
+        choices=PRECISIONS,
+    )
+    jit_compile: bool = option(False, "Compile the train step with XLA.")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A run: `model` (what the checkpoint is), `trainer` (how it learns), `runtime` (where it runs)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    def replace(self, **values) -> TrainConfig:
+        """A copy with fields replaced by their flat names (TypeError naming an unknown one)."""
+        return replace_nested(self, **values)
+
+    def flat(self) -> dict:
+        """{field name: value} over all parts."""
+        return {field.name: value for field, value in leaf_fields(self)}
+
+    def to_json(self) -> dict:
+        return {part: _jsonable(dataclasses.asdict(getattr(self, part))) for part in ("model", "trainer", "runtime")}
+
+    @classmethod
+    def from_json(cls, values: dict) -> TrainConfig:
+        """From to_json()'s form, or a flat dict (config.json of runs before the parts existed);
+        unknown keys are ignored, so an old run's file still reads."""
+        if set(values) <= {"model", "trainer", "runtime"}:
+            values = {k: v for part in values.values() for k, v in part.items()}
+        known = cls().flat()
+        values = {k: (tuple(v) if isinstance(known[k], tuple) else v) for k, v in values.items() if k in known}
+        return cls().replace(**values)
+
+    def check(self) -> None:
+        check_choices(self)
+        for name in ("batch_size", "train_steps", "checkpoint_interval", "summary_interval", "validation_interval"):
+            if getattr(self.trainer, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self.trainer, name)}")
+        if not self.runtime.model_dir:
+            raise ValueError("model_dir is required")
+
+
+def _jsonable(values: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
