@@ -52,7 +52,8 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     config = config_from_flags()
     if FLAGS.config == "tiny":
-        synthetic.make_tiny_data(config.trainer.data_dir, config.trainer.seed)
+        mode = "photos" if config.model.method == "wang2019" else "morphs"
+        synthetic.make_tiny_data(config.trainer.data_dir, config.trainer.seed, mode=mode)
     train.train(config)
 
 

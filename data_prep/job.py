@@ -40,40 +40,60 @@ def build_pipeline(
     processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(
         stages.REJECTED, main="kept"
     )
-    by_identity = processed.kept | "By identity" >> beam.GroupByKey()
-    averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(
-        stages.REJECTED, main="faces"
-    )
+    if config.mode == "photos":
+        # One record per kept photo: no identity grouping, averaging or morphs.
+        face_sources = processed.kept | "Photos as faces" >> beam.Map(stages.photo_as_face, config.validation_fraction)
+        later_rejections, identity_counts = [], []
+    else:
+        by_identity = processed.kept | "By identity" >> beam.GroupByKey()
+        averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(
+            stages.REJECTED, main="faces"
+        )
+        face_sources = averaged.faces
+        later_rejections = [averaged[stages.REJECTED]]
+        identity_counts = [
+            by_identity
+            | "Count identities"
+            >> beam.Map(
+                lambda kv: ("identities_with_enough_photos", int(len(list(kv[1])) >= config.min_photos_per_identity))
+            )
+        ]
     mean_landmarks = (
-        averaged.faces
+        face_sources
         | "Landmarks" >> beam.Map(lambda f: f.landmarks)
         | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
     )
     mean_side = beam.pvalue.AsSingleton(mean_landmarks)
-    faces = averaged.faces | "Decompose" >> beam.Map(stages.decompose, mean_side)
+    faces = face_sources | "Decompose" >> beam.Map(stages.decompose, mean_side)
+    face_kind = "photos" if config.mode == "photos" else "averages"
+    face_records = faces | f"Serialize {face_kind}" >> beam.Map(stages.to_record)
+    # The averages (one per identity) or photos keep the requested shard count; morphs are written
+    # with runner-chosen sharding (below).
+    outputs = [(face_kind, face_records, num_shards)]
+    plans = morph_records = None
+    if config.mode == "morphs":
+        # Morphs: each face is staged to a file and planned per split on one worker (a k-d tree over
+        # compact descriptors); a morph's element stays a plan until MakeMorph turns it into a record,
+        # reading its two parents from the staged files (stages.STAGING_FOLDER says why).
+        staging_dir = join(output_dir, stages.STAGING_FOLDER)
+        total_faces = beam.pvalue.AsSingleton(faces | "Count faces" >> beam.combiners.Count.Globally())
+        plans = (
+            faces
+            | "Stage faces" >> beam.ParDo(stages.StageFace(staging_dir))
+            | "By split" >> beam.GroupByKey()
+            | "Plan morphs" >> beam.FlatMap(stages.plan_split_morphs, total_faces, config)
+        )
+        morph_records = (
+            plans
+            | "Spread plans" >> beam.Reshuffle()
+            | "Make morphs" >> beam.ParDo(stages.MakeMorph(config, staging_dir), mean_side)
+        )
+        # Morph records go from MakeMorph to the writer in one fused stage: runner-chosen sharding
+        # (num_shards=0) writes each bundle as it comes, where a fixed shard count would first group
+        # every record in memory.
+        outputs.append(("morphs", morph_records, 0))
 
-    # Morphs: each face is staged to a file and planned per split on one worker (a k-d tree over
-    # compact descriptors); a morph's element stays a plan until MakeMorph turns it into a record,
-    # reading its two parents from the staged files (stages.STAGING_FOLDER says why).
-    staging_dir = join(output_dir, stages.STAGING_FOLDER)
-    total_faces = beam.pvalue.AsSingleton(faces | "Count faces" >> beam.combiners.Count.Globally())
-    plans = (
-        faces
-        | "Stage faces" >> beam.ParDo(stages.StageFace(staging_dir))
-        | "By split" >> beam.GroupByKey()
-        | "Plan morphs" >> beam.FlatMap(stages.plan_split_morphs, total_faces, config)
-    )
-    average_records = faces | "Serialize averages" >> beam.Map(stages.to_record)
-    morph_records = (
-        plans
-        | "Spread plans" >> beam.Reshuffle()
-        | "Make morphs" >> beam.ParDo(stages.MakeMorph(config, staging_dir), mean_side)
-    )
-
-    # Morph records go from MakeMorph to the writer in one fused stage: runner-chosen sharding
-    # (num_shards=0) writes each bundle as it comes, where a fixed shard count would first group
-    # every record in memory. The averages (one per identity) keep the requested shard count.
-    for kind, collection, shards in (("averages", average_records, num_shards), ("morphs", morph_records, 0)):
+    for kind, collection, shards in outputs:
         by_split = collection | f"Split {kind}" >> beam.Partition(
             lambda record, _: 0 if record.split == "train" else 1, 2
         )
@@ -86,9 +106,8 @@ def build_pipeline(
                     join(output_dir, f"{split}-{kind}"), file_name_suffix=".tfrecord", num_shards=shards
                 )
             )
-    records = (average_records, morph_records)
 
-    rejected = (processed[stages.REJECTED], averaged[stages.REJECTED]) | "All rejected" >> beam.Flatten()
+    rejected = (processed[stages.REJECTED], *later_rejections) | "All rejected" >> beam.Flatten()
     (
         rejected
         | "Rejected to JSON" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
@@ -99,19 +118,17 @@ def build_pipeline(
     )
 
     # Counts taken from the data itself (not only Beam metrics, which some runners do not report).
-    counts = (
+    counts = [
         photos | "Count inputs" >> beam.Map(lambda _: ("inputs", 1)),
-        averaged.faces | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
-        average_records | "Count average records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
-        morph_records | "Count morph records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)),
-        plans | "Count planned morphs" >> beam.Map(lambda _: ("planned_morphs", 1)),
-        by_identity
-        | "Count identities"
-        >> beam.Map(
-            lambda kv: ("identities_with_enough_photos", int(len(list(kv[1])) >= config.min_photos_per_identity))
-        ),
+        face_sources | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
         rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
-    ) | "All counts" >> beam.Flatten()
+        *identity_counts,
+    ]
+    for kind, collection, _ in outputs:
+        counts.append(collection | f"Count {kind} records" >> beam.Map(lambda r: (f"records/{r.split}/{r.kind}", 1)))
+    if plans is not None:
+        counts.append(plans | "Count planned morphs" >> beam.Map(lambda _: ("planned_morphs", 1)))
+    counts = counts | "All counts" >> beam.Flatten()
     (
         counts
         | "Sum counts" >> beam.CombinePerKey(sum)
@@ -129,7 +146,9 @@ def build_pipeline(
             join(output_dir, MEAN_PREFIX), file_name_suffix=".json", shard_name_template="", num_shards=1
         )
     )
-    for kind, collection in zip(("average", "morph"), records):
+    for kind, collection in ((face_kind[:-1], face_records), ("morph", morph_records)):
+        if collection is None:
+            continue
         (
             collection
             | f"Key {kind} previews" >> beam.Map(lambda r: (r.key, r.data))
@@ -171,6 +190,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         "written_averages": sum(value for key, value in records.items() if key.endswith("/average")),
         "planned_morphs": counts.get("planned_morphs", 0),
         "written_morphs": sum(value for key, value in records.items() if key.endswith("/morph")),
+        "written_photos": sum(value for key, value in records.items() if key.endswith("/photo")),
+        "mode": config.mode,
         "inputs": counts.get("inputs", 0),
         "accepted": counts.get("accepted_photos", 0),
         "rejected": sum(rejected.values()),
@@ -202,22 +223,10 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     }
     with FileSystems.create(join(output_dir, METADATA_FILE)) as file:
         file.write(json.dumps(metadata, indent=2).encode())
-    preview_path = preview.write_preview(
-        output_dir,
-        join(output_dir, f"{PREVIEW_PREFIX}_average.tfrecord"),
-        join(output_dir, f"{PREVIEW_PREFIX}_morph.tfrecord"),
-    )
-    FileSystems.delete(
-        [
-            join(output_dir, name)
-            for name in (
-                f"{STATS_PREFIX}.jsonl",
-                f"{MEAN_PREFIX}.json",
-                f"{PREVIEW_PREFIX}_average.tfrecord",
-                f"{PREVIEW_PREFIX}_morph.tfrecord",
-            )
-        ]
-    )
+    preview_files = [join(output_dir, f"{PREVIEW_PREFIX}_{kind}.tfrecord") for kind in ("average", "photo", "morph")]
+    preview_path = preview.write_preview(output_dir, *preview_files)
+    scratch = [join(output_dir, f"{STATS_PREFIX}.jsonl"), join(output_dir, f"{MEAN_PREFIX}.json"), *preview_files]
+    FileSystems.delete([path for path in scratch if FileSystems.exists(path)])
     staging_dir = join(output_dir, stages.STAGING_FOLDER)
     if FileSystems.exists(staging_dir):
         FileSystems.delete([staging_dir])
@@ -234,6 +243,10 @@ def check_books(summary: dict) -> None:
     """Fails loudly, with the numbers, when planned != written morphs, inputs != accepted + rejected,
     or the averages written != the identities with enough photos."""
     problems = []
+    if summary.get("mode") == "photos" and summary.get("written_photos", 0) != summary["accepted"]:
+        problems.append(
+            f"accepted {summary['accepted']} photos, wrote {summary.get('written_photos', 0)} photo records"
+        )
     if summary.get("identities_with_enough_photos", 0) != summary.get("written_averages", 0):
         problems.append(
             f"{summary.get('identities_with_enough_photos', 0)} identities have enough photos, "
@@ -253,11 +266,15 @@ def check_books(summary: dict) -> None:
 
 def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
-    print(
-        f"averages: identities with enough photos {summary['identities_with_enough_photos']} = written {summary['written_averages']}",
-        file=stream,
-    )
-    print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
+    if summary.get("mode") == "photos":
+        print(f"photos: accepted {summary['accepted']} = written {summary['written_photos']}", file=stream)
+    else:
+        print(
+            f"averages: identities with enough photos {summary['identities_with_enough_photos']} = "
+            f"written {summary['written_averages']}",
+            file=stream,
+        )
+        print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
     for reason, count in summary["rejected_by_reason"].items():
         print(f"  rejected {reason}: {count}", file=stream)
     for key, count in summary["records"].items():

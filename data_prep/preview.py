@@ -1,4 +1,4 @@
-"""preview.png: a sheet people can judge at a glance — averages and morphs with their landmarks and textures."""
+"""preview.png: a sheet people can judge at a glance — faces (averages or photos) and morphs with their landmarks and textures."""
 
 from __future__ import annotations
 
@@ -16,19 +16,24 @@ def _records(path):
     return [decode_record(r.numpy()) for r in tf.data.TFRecordDataset(path)]
 
 
-def preview_sheet(averages, morphs) -> np.ndarray:
-    """Rows: averages (image + landmarks, texture), then morphs (image + landmarks, texture); 4 per row."""
-    cells = []
-    for title, records, color in (("average", averages, (255, 40, 40)), ("morph", morphs, (40, 120, 255))):
-        for record in records:
-            name = record.identity if title == "average" else "+".join(record.parents)
-            cells.append(
-                (
-                    visualize.draw_landmarks(record.image, record.landmarks, color=color),
-                    record.texture,
-                    f"{title}: {name}"[:40],
-                )
-            )
+COLORS = {"average": (255, 40, 40), "photo": (255, 40, 40), "morph": (40, 120, 255)}
+
+
+def _caption(record) -> str:
+    if record.kind == "average":
+        name = record.identity
+    elif record.kind == "photo":
+        name = record.parents[0].rsplit("/", 1)[-1]
+    else:
+        name = "+".join(record.parents)
+    return f"{record.kind}: {name}"[:40]
+
+
+def preview_sheet(records) -> np.ndarray:
+    """A cell per record (image + landmarks, texture), 4 per row, in the order given."""
+    cells = [
+        (visualize.draw_landmarks(r.image, r.landmarks, color=COLORS[r.kind]), r.texture, _caption(r)) for r in records
+    ]
     if not cells:
         return visualize.image_grid(
             [[np.full([64, 64, 3], 255, np.uint8)]], labels=["no faces were produced: see rejected.jsonl"]
@@ -65,8 +70,9 @@ def _caption_rows(sheet, labels, count):
     return np.concatenate([sheet[:18]] + out)
 
 
-def write_preview(output_dir, averages_path, morphs_path) -> str:
-    sheet = preview_sheet(_records(averages_path), _records(morphs_path))
+def write_preview(output_dir, *record_paths) -> str:
+    """preview.png from the sampled records in `record_paths` (missing files are skipped)."""
+    sheet = preview_sheet([record for path in record_paths for record in _records(path)])
     path = FileSystems.join(output_dir, "preview.png")
     import cv2
 

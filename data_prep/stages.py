@@ -31,10 +31,20 @@ REJECTED = "rejected"
 NAMESPACE = "data_prep"
 
 
+MODES = ("morphs", "photos")
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepConfig:
     """Every constant of data prep; the paper's values are the defaults."""
 
+    mode: str = option(
+        "morphs",
+        "morphs: the paper's data, identity averages + random morphs (needs >= 3 photos a person). photos: one record "
+        "per photo that passed the filters, its texture registered to the mean landmarks (Wang 2019; no identity "
+        "labels needed, no averaging or morphs).",
+        choices=MODES,
+    )
     size: int = option(lm.ALIGNED_SIZE, "Aligned crop size in pixels (paper: 224).")
     interocular: float = option(
         lm.INTEROCULAR_DISTANCE, "Distance between the eye centres in the aligned crop (paper: 55)."
@@ -293,6 +303,20 @@ class MeanLandmarks(beam.CombineFn):
     def extract_output(self, accumulator):
         total, count = accumulator
         return (total / count).tolist() if count else None
+
+
+def photo_as_face(element, validation_fraction: float) -> Face:
+    """Photos mode: a kept (identity, AlignedPhoto) as a Face of kind "photo", keyed by its path."""
+    identity, photo = element
+    return Face(
+        photo.path,
+        identity,
+        "photo",
+        photo.image,
+        photo.landmarks,
+        [photo.path],
+        split_of(identity, validation_fraction),
+    )
 
 
 def decompose(face: Face, mean_landmarks) -> Face:

@@ -210,14 +210,15 @@ def write_synthetic_dataset(output_dir, num_identities=6, photos_per_identity=4,
     return str(manifest)
 
 
-def make_tiny_data(data_dir: str, seed: int = 0) -> None:
-    """Runs the real data prep job on synthetic faces (in this process) unless data_dir has records."""
+def make_tiny_data(data_dir: str, seed: int = 0, mode: str = "morphs") -> None:
+    """Runs the real data prep job on synthetic faces (in this process) unless data_dir has records.
+    mode: "morphs" (averages + morphs, the paper's) or "photos" (one record per photo, wang2019)."""
     if list(pathlib.Path(data_dir).glob("train-*.tfrecord")) and (pathlib.Path(data_dir) / data.METADATA_FILE).exists():
         return
     from data_prep import job, stages
 
     photos = pathlib.Path(data_dir) / "photos"
     manifest = write_synthetic_dataset(photos, num_identities=8, photos_per_identity=3, seed=seed)
-    config = stages.PrepConfig(num_morphs=40, validation_fraction=0.3, seed=seed)
+    config = stages.PrepConfig(num_morphs=40, validation_fraction=0.3, seed=seed, mode=mode)
     summary = job.run(manifest, data_dir, config, ["--direct_running_mode=in_memory"], num_shards=2, preview_count=4)
     print(f"made tiny synthetic data in {data_dir}: {summary['records']}", flush=True)

@@ -31,10 +31,20 @@ ENCODERS = ("facenet", "dlib_resnet")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("fused_adam", "adam")
+# cole2017: the paper's model (normalized_faces/model.py), trained on averages and morphs.
+# wang2019: the label-free variant (normalized_faces/wang2019), trained on single photos.
+METHODS = ("cole2017", "wang2019")
 
 
 @dataclasses.dataclass
 class ModelConfig:
+    method: str = option(
+        "cole2017",
+        "cole2017: the paper's decoder (landmarks + texture + spline warp) trained on averages and morphs. "
+        "wang2019: the label-free variant (noisy face + attention mask + patch GAN) trained on single photos "
+        "(data prep --mode=photos); its settings are the --wang_* flags.",
+        choices=METHODS,
+    )
     encoder: str = option(
         "facenet",
         "Frozen face-recognition network (facenet: the paper's; dlib_resnet: works offline).",
@@ -57,6 +67,8 @@ class ModelConfig:
         "CNN decoder upsampling: resize (bilinear x2 + 3x3 conv; no checkerboard) or transpose (the paper's 5x5 stride-2 deconvs).",
         choices=TEXTURE_UPSAMPLINGS,
     )
+    wang_output_size: int = option(320, "wang2019: the output side, 5 * 2^k (thesis: 320; 160 is the CPU recipe).")
+    wang_fc_width: int = option(4800, "wang2019: width of the generator's two fully connected layers (thesis: 4800).")
 
 
 @dataclasses.dataclass
@@ -76,6 +88,18 @@ class TrainerConfig:
     identity_weight: float = option(
         0.1, "Weight of the identity loss 1 - cos(embeddings); 0 switches it and the warp off (paper's ablation)."
     )
+    wang_texture_weight: float = option(1.0, "wang2019: weight of the masked texture loss (0: off).")
+    wang_landmark_weight: float = option(
+        1.0, "wang2019: weight of the landmark terms (inside: 160 geometry + symmetry + tilt + expression; 0: off)."
+    )
+    wang_mask_weight: float = option(1.0, "wang2019: weight of mean(W^p) + total variation of the mask (0: off).")
+    wang_mask_power: float = option(1.0, "wang2019: p of the mask's mean(W^p) (thesis: 1).")
+    wang_identity_weight: float = option(1.0, "wang2019: weight of the identity loss 1 - cos(embeddings) (0: off).")
+    wang_gan_weight: float = option(1.0, "wang2019: weight of the LSGAN generator loss (0: no GAN, the ablation).")
+    wang_discriminator_every: int = option(
+        4, "wang2019: one discriminator update per this many generator updates (thesis: 4)."
+    )
+    wang_discriminator_learning_rate: float = option(1e-4, "wang2019: the discriminator's Adam learning rate.")
     flow_stride: int = option(1, "1: exact spline warp; s > 1: coarse flow (faster, see README).")
     identity_render: str = option(
         "chip",
@@ -119,6 +143,11 @@ class RuntimeConfig:
         "default", "tf.distribute strategy; multi_worker_mirrored reads TF_CONFIG.", choices=STRATEGIES
     )
     tpu: str | None = option(None, "TPU name or address for --strategy=tpu.", kind=str)
+    landmark_regressor_dir: str | None = option(
+        None,
+        "wang2019: folder with landmark_regressor.npz/.json (default: the one shipped in normalized_faces/pretrained).",
+        kind=str,
+    )
     precision: str = option(
         "auto",
         "Keras dtype policy. auto: mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions (AVX512_BF16/AMX; "

@@ -7,7 +7,8 @@ A record is one face decomposed as the paper does: the image, its 68 landmarks, 
   texture    PNG bytes, [S, S, 3] uint8 RGB, registered to the mean landmarks
   landmarks  136 floats: 68 (x, y) pixel coordinates in the image
   identity   bytes: the identity (morphs: the seed's)
-  kind       bytes: b"average" (an identity's morph-average) or b"morph" (a random morph)
+  kind       bytes: b"average" (an identity's morph-average), b"morph" (a random morph), or b"photo"
+             (one filtered photo: data prep's photos mode, for methods that need no identity labels)
   parents    bytes list: an average's member photos, a morph's two parent identities
   size       int64: S
 
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from normalized_faces.landmarks import NUM_LANDMARKS
 
-KINDS = ("average", "morph")
+KINDS = ("average", "morph", "photo")
 RECORD_FIELDS = ("image", "texture", "landmarks", "identity", "kind", "parents")  # what parse_record returns by default
 TRAINING_KEYS = ("image", "texture", "landmarks")  # what a training step reads (strings do not distribute)
 SPLITS = ("train", "validation")

@@ -34,6 +34,15 @@ def _read_png(path: pathlib.Path):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def model_for_inference(model_config: dict):
+    """The model a model_config.json describes, by its method (the paper's when unstated), in float32."""
+    if model_config.get("method", "cole2017") == "wang2019":
+        from normalized_faces.wang2019.model import WangModel
+
+        return WangModel.for_inference(model_config)
+    return NormalizedFaceModel.for_inference(model_config)
+
+
 def restore_training_model(model_dir) -> NormalizedFaceModel:
     """The model of a training run (model_config.json) with its latest checkpoint's weights."""
     model_dir = pathlib.Path(model_dir)
@@ -45,7 +54,7 @@ def restore_training_model(model_dir) -> NormalizedFaceModel:
     latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {model_dir / 'checkpoints'}: train the model first")
-    model = NormalizedFaceModel.for_inference(json.loads(config_path.read_text()))
+    model = model_for_inference(json.loads(config_path.read_text()))
     size = model.image_size
     model(tf.zeros([1, size, size, 3]))
     tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()

@@ -74,6 +74,25 @@ def template_landmarks(size: int = ALIGNED_SIZE, interocular: float = INTEROCULA
     return points
 
 
+def _mirror_permutation() -> np.ndarray:
+    pairs = list(zip(range(0, 17), range(16, -1, -1)))  # jaw
+    pairs += list(zip(range(17, 22), range(26, 21, -1)))  # brows
+    pairs += [(i, i) for i in range(27, 31)]  # nose bridge: on the midline
+    pairs += list(zip(range(31, 36), range(35, 30, -1)))  # nose bottom
+    pairs += list(zip(range(36, 42), [45, 44, 43, 42, 47, 46]))  # right eye <-> left eye, dlib's order
+    pairs += list(zip(range(48, 60), [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]))  # outer mouth
+    pairs += list(zip(range(60, 68), [64, 63, 62, 61, 60, 67, 66, 65]))  # inner mouth
+    mirror = np.empty(NUM_LANDMARKS, np.int64)
+    for a, b in pairs:
+        mirror[a], mirror[b] = b, a
+    return mirror
+
+
+# MIRROR[i]: the point that i becomes when the face is flipped left-right (dlib's 68-point layout).
+# A symmetric face satisfies flip(points)[MIRROR] == points. Midline points map to themselves.
+MIRROR = _mirror_permutation()
+
+
 def eye_centers(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the subject's right (image left) and left eye, [..., 2] each."""
     landmarks = np.asarray(landmarks)

@@ -268,8 +268,29 @@ if _SYMBOLIC_BUILD is None or list(inspect.signature(_SYMBOLIC_BUILD).parameters
     )
 
 
+def deserialize_parts(config: dict, *keys) -> dict:
+    """A model's config with its serialized frozen parts (`keys`: "encoder", "regressor") rebuilt
+    and the "method" tag dropped: the keyword arguments of the model's constructor."""
+    from normalized_faces.encoders import dlib_resnet, facenet  # noqa: F401 (registers their classes)
+
+    config = {key: value for key, value in config.items() if key != "method"}
+    for key in keys:
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
+class RebuildsForInference:
+    """for_inference: from_config in float32, whatever policy the model trained in (a run's
+    model_config.json records it): its checkpointed variables are float32 either way, and outputs
+    should not depend on the precision training happened to use."""
+
+    @classmethod
+    def for_inference(cls, config):
+        return cls.from_config({**config, "dtype": "float32"})
+
+
 @keras.saving.register_keras_serializable(package="normalized_faces")
-class NormalizedFaceModel(keras.Model):
+class NormalizedFaceModel(RebuildsForInference, keras.Model):
     """The whole model, with the paper's losses in its own train_step / test_step.
 
     Call: images [B, S, S, 3] in [0, 1] -> {"landmarks", "texture", "rendered", "features",
@@ -351,6 +372,12 @@ class NormalizedFaceModel(keras.Model):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    def build_for_training(self):
+        """Creates every variable (and the optimizer's slots) before a restore or a distributed
+        fit: call after compile(), inside the strategy's scope."""
+        self(tf.zeros([1, self.image_size, self.image_size, 3]))
+        self.optimizer.build(self.trainable_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras (3.15) calls this from fit() under a strategy and first reduces a data batch with
@@ -471,6 +498,7 @@ class NormalizedFaceModel(keras.Model):
     def get_config(self):
         # The encoder is rebuilt from its own config; everything else is plain numbers.
         return {
+            "method": "cole2017",
             "name": self.name,
             "dtype": self.dtype_policy.name,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
@@ -493,16 +521,4 @@ class NormalizedFaceModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # Importing the encoder modules registers their classes for deserialization.
-        from normalized_faces.encoders import dlib_resnet, facenet  # noqa: F401
-
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        return cls(**config)
-
-    @classmethod
-    def for_inference(cls, config):
-        """from_config in float32, whatever policy the model trained in (a run's model_config.json
-        records it): its checkpointed variables are float32 either way, and outputs should not
-        depend on the precision training happened to use."""
-        return cls.from_config({**config, "dtype": "float32"})
+        return cls(**deserialize_parts(config, "encoder"))

@@ -56,6 +56,8 @@ def tiny_config(model_dir: str, **overrides) -> TrainConfig:
         validation_interval=100,
         validation_steps=2,
         shuffle_buffer=64,
+        wang_output_size=160,  # used by --method=wang2019 only
+        wang_fc_width=64,
     )
     settings.update(overrides)
     return TrainConfig().replace(**settings)
@@ -95,13 +97,48 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
-def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> NormalizedFaceModel:
-    """The model (encoder with real weights inside), built and compiled; call inside a strategy scope."""
+def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> keras.Model:
+    """The run's model (config.model.method's; encoder with real weights inside), built and
+    compiled, every variable created; call inside a strategy scope."""
     from normalized_faces.encoders import get_encoder
 
     options = {"weights_path": config.runtime.encoder_weights} if config.runtime.encoder_weights else {}
     encoder = get_encoder(config.model.encoder, aligned_size=image_size, **options)
-    model = NormalizedFaceModel(
+    model = _method_model(config, encoder, mean_landmarks, image_size)
+    # Loss scaling also gives every precision the same guard: a step whose gradients are not
+    # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        OPTIMIZERS[config.trainer.optimizer](config.trainer.learning_rate),
+        initial_scale=2.0**15 if resolve_precision(config.runtime.precision) == "mixed_float16" else 1.0,
+    )
+    model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
+    model.build_for_training()  # every variable exists before a restore
+    return model
+
+
+def _method_model(config: TrainConfig, encoder, mean_landmarks, image_size: int) -> keras.Model:
+    if config.model.method == "wang2019":
+        from normalized_faces import landmark_regressor
+        from normalized_faces.wang2019.model import WangModel
+
+        regressor_dir = config.runtime.landmark_regressor_dir or landmark_regressor.PRETRAINED_DIR
+        trainer = config.trainer
+        return WangModel(
+            encoder,
+            landmark_regressor.load_pretrained(regressor_dir),
+            output_size=config.model.wang_output_size,
+            fc_width=config.model.wang_fc_width,
+            image_size=image_size,
+            texture_weight=trainer.wang_texture_weight,
+            landmark_weight=trainer.wang_landmark_weight,
+            mask_weight=trainer.wang_mask_weight,
+            identity_weight=trainer.wang_identity_weight,
+            gan_weight=trainer.wang_gan_weight,
+            mask_power=trainer.wang_mask_power,
+            discriminator_every=trainer.wang_discriminator_every,
+            discriminator_learning_rate=trainer.wang_discriminator_learning_rate,
+        )
+    return NormalizedFaceModel(
         encoder,
         mean_landmarks,
         feature_dim=config.model.feature_dim,
@@ -119,16 +156,6 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> Normali
         identity_render=config.trainer.identity_render,
         identity_flow_stride=config.trainer.identity_flow_stride,
     )
-    # Loss scaling also gives every precision the same guard: a step whose gradients are not
-    # finite is skipped (weights untouched), whatever nonfinite policy the run then applies.
-    optimizer = keras.optimizers.LossScaleOptimizer(
-        OPTIMIZERS[config.trainer.optimizer](config.trainer.learning_rate),
-        initial_scale=2.0**15 if resolve_precision(config.runtime.precision) == "mixed_float16" else 1.0,
-    )
-    model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
-    model(tf.zeros([1, image_size, image_size, 3]))  # create every variable before a restore
-    optimizer.build(model.trainable_variables)
-    return model
 
 
 def is_chief(strategy) -> bool:
@@ -147,7 +174,10 @@ class _Checkpoints:
     saves (the save is collective), non-chief workers into a scratch folder they then delete."""
 
     def __init__(self, model, directory: str, keep: int, strategy):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        extra = {}
+        if getattr(model, "discriminator_optimizer", None) is not None:  # wang2019's second optimizer
+            extra["discriminator_optimizer"] = model.discriminator_optimizer
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **extra)
         self.is_chief = is_chief(strategy)
         task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
         self.directory = directory if self.is_chief else os.path.join(directory, f".worker_{task_id}")
@@ -238,9 +268,23 @@ class _Supervisor(keras.callbacks.Callback):
 
 
 def sample_grid(model, batch) -> np.ndarray:
-    """A row per face: input | predicted texture | predicted landmarks on the input | rendered face."""
+    """A row per face: input | predicted texture | predicted landmarks on the input | rendered face
+    (wang2019: input | noisy face | attention mask | output face with the regressor's landmarks)."""
     outputs = model(batch["image"])
     rows = []
+    if "mask" in outputs:
+        for i in range(int(batch["image"].shape[0])):
+            face = np.clip(outputs["rendered"][i].numpy(), 0, 1)
+            size = face.shape[0]
+            rows.append(
+                [
+                    batch["image"][i].numpy(),
+                    tf.image.resize(outputs["noisy"][i], [size, size]).numpy(),
+                    np.repeat(tf.image.resize(outputs["mask"][i], [size, size]).numpy(), 3, axis=-1),
+                    visualize.draw_landmarks(face, outputs["landmarks"][i].numpy()),
+                ]
+            )
+        return visualize.image_grid(rows, column_titles=["input", "noisy face", "mask", "output + landmarks"])
     for i in range(int(batch["image"].shape[0])):
         image = batch["image"][i].numpy()
         rows.append(
@@ -323,12 +367,16 @@ def _train(config: TrainConfig) -> dict:
         return {"step": step, "status": "already_done", "history": {}}
 
     keys, cache = data.TRAINING_KEYS, None
+    if config.model.method == "wang2019":
+        keys = ("image", "landmarks")  # single photos: no texture target
     if config.trainer.encoder_cache:
         from normalized_faces import encoder_cache
 
         cache = encoder_cache.build(config.trainer.data_dir, model.encoder, report=lambda line: print(line, flush=True))
-        # The photo itself is no longer needed by a step: its encoder outputs stand in for it.
-        keys = tuple(k for k in keys if k != "image") + ("features", "embedding")
+        # The photo itself is no longer needed by the paper's step: its encoder outputs stand in
+        # for it (wang2019 still compares pixels with it).
+        keep_image = config.model.method == "wang2019"
+        keys = tuple(k for k in keys if keep_image or k != "image") + ("features", "embedding")
     train_data = data.make_dataset(
         config.trainer.data_dir,
         "train",

@@ -379,6 +379,36 @@ def test_same_seed_gives_identical_records(synthetic_run, tmp_path):
     assert ours != theirs and len(ours & theirs) >= 8  # averages agree, morphs differ
 
 
+def test_photos_mode_writes_one_record_per_kept_photo(tmp_path):
+    """Wang 2019's data: every photo that passes becomes a record (texture registered to the mean
+    landmarks); no averaging, no morphs, and a person with one photo is kept, not rejected."""
+    manifest = synthetic.write_synthetic_dataset(tmp_path / "photos", num_identities=5, photos_per_identity=2, seed=9)
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    with open(manifest, "a") as file:
+        file.write(json.dumps({"path": str(tmp_path / "broken.jpg"), "identity": "broken"}) + "\n")
+    output = tmp_path / "out"
+    summary = _run(manifest, output, mode="photos", num_morphs=50, min_photos_per_identity=3)
+    job.print_summary(summary, str(output))
+    assert summary["inputs"] == 11 and summary["rejected_by_reason"] == {"not_an_image": 1}
+    assert summary["accepted"] == summary["written_photos"] == 10
+    assert summary["planned_morphs"] == summary["written_morphs"] == summary["written_averages"] == 0
+    records = [data.decode_record(r) for _, r in _read_all(output)]
+    assert collections.Counter(r.kind for r in records) == {"photo": 10}
+    inputs_by_path = {p.path: p for p in inputs.read_manifest(manifest)}
+    for record in records:
+        assert record.parents[0] in inputs_by_path and record.identity == inputs_by_path[record.parents[0]].identity
+        assert record.texture.shape == record.image.shape and not np.array_equal(record.texture, record.image)
+    assert sorted(f.name.split("-")[1] for f in output.glob("*.tfrecord")) == ["photos"] * len(
+        list(output.glob("*.tfrecord"))
+    )
+    assert (output / "preview.png").stat().st_size > 10000 and not list(output.glob("_*"))
+    metadata = json.loads((output / "metadata.json").read_text())
+    assert metadata["config"]["mode"] == "photos" and len(metadata["mean_landmarks"]) == 68
+    # The training reader takes photo records like any other.
+    batch = next(iter(data.make_dataset(str(output), "train", batch_size=2)))
+    assert batch["image"].shape == (2, 224, 224, 3)
+
+
 def test_preview_sheet_shows_faces(synthetic_run, tmp_path):
     preview = cv2.imread(str(synthetic_run["output"] / "preview.png"))
     assert preview.shape[0] > 224 and preview.shape[1] > 4 * 224
