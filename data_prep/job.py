@@ -40,15 +40,18 @@ def build_pipeline(
     processed = photos | "Photo: read, detect, align, filter" >> beam.ParDo(stages.ProcessPhoto(config)).with_outputs(
         stages.REJECTED, main="kept"
     )
+    # The aligned crops go to files here; what travels on is their landmarks (stages.PHOTO_STAGING_FOLDER).
+    photo_staging = join(output_dir, stages.PHOTO_STAGING_FOLDER)
+    kept = processed.kept | "Stage photos" >> beam.ParDo(stages.StagePhoto(photo_staging))
     if config.mode == "photos":
         # One record per kept photo: no identity grouping, averaging or morphs.
-        face_sources = processed.kept | "Photos as faces" >> beam.Map(stages.photo_as_face, config.validation_fraction)
+        face_sources = kept | "Photos as faces" >> beam.Map(stages.photo_as_face, config.validation_fraction)
         later_rejections, identity_counts = [], []
     else:
-        by_identity = processed.kept | "By identity" >> beam.GroupByKey()
-        averaged = by_identity | "Average identities" >> beam.ParDo(stages.AverageIdentity(config)).with_outputs(
-            stages.REJECTED, main="faces"
-        )
+        by_identity = kept | "By identity" >> beam.GroupByKey()
+        averaged = by_identity | "Average identities" >> beam.ParDo(
+            stages.AverageIdentity(config, photo_staging)
+        ).with_outputs(stages.REJECTED, main="faces")
         face_sources = averaged.faces
         later_rejections = [averaged[stages.REJECTED]]
         identity_counts = [
@@ -64,12 +67,19 @@ def build_pipeline(
         | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
     )
     mean_side = beam.pvalue.AsSingleton(mean_landmarks)
-    faces = face_sources | "Decompose" >> beam.Map(stages.decompose, mean_side)
-    face_kind = "photos" if config.mode == "photos" else "averages"
-    face_records = faces | f"Serialize {face_kind}" >> beam.Map(stages.to_record)
-    # The averages (one per identity) or photos keep the requested shard count; morphs are written
-    # with runner-chosen sharding (below).
-    outputs = [(face_kind, face_records, num_shards)]
+    if config.mode == "photos":
+        face_kind = "photos"
+        faces = None
+        face_records = face_sources | "Decompose photos" >> beam.ParDo(stages.MakePhotoRecord(photo_staging), mean_side)
+        # Written as they come (runner-chosen shards, as the morphs below): a fixed shard count
+        # would first group every record.
+        outputs = [(face_kind, face_records, 0)]
+    else:
+        face_kind = "averages"
+        faces = face_sources | "Decompose" >> beam.Map(stages.decompose, mean_side)
+        face_records = faces | "Serialize averages" >> beam.Map(stages.to_record)
+        # The averages (one per identity) keep the requested shard count.
+        outputs = [(face_kind, face_records, num_shards)]
     plans = morph_records = None
     if config.mode == "morphs":
         # Morphs: each face is staged to a file and planned per split on one worker (a k-d tree over
@@ -227,9 +237,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     preview_path = preview.write_preview(output_dir, *preview_files)
     scratch = [join(output_dir, f"{STATS_PREFIX}.jsonl"), join(output_dir, f"{MEAN_PREFIX}.json"), *preview_files]
     FileSystems.delete([path for path in scratch if FileSystems.exists(path)])
-    staging_dir = join(output_dir, stages.STAGING_FOLDER)
-    if FileSystems.exists(staging_dir):
-        FileSystems.delete([staging_dir])
+    staged = [join(output_dir, folder) for folder in (stages.STAGING_FOLDER, stages.PHOTO_STAGING_FOLDER)]
+    FileSystems.delete([folder for folder in staged if FileSystems.exists(folder)])
     summary["preview"] = preview_path
     check_books(summary)
     return summary

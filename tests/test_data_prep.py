@@ -444,6 +444,24 @@ def test_thousands_of_morphs_over_hundreds_of_faces_all_land(tmp_path):
 
 
 @pytest.mark.slow
+def test_photos_mode_at_scale_loses_no_photo(tmp_path):
+    """Photos mode on 12,687 LFW photos once wrote 9,177 records of 12,622 accepted on the default
+    engine: the crops waited, materialized, for the mean landmarks. Thousands of photos on the same
+    engine, every record read back; the staged crops are cleaned up."""
+    manifest = synthetic.write_synthetic_dataset(
+        tmp_path / "photos", num_identities=1000, photos_per_identity=3, seed=8
+    )
+    config = stages.PrepConfig(mode="photos", seed=8)
+    summary = job.run(str(manifest), str(tmp_path / "out"), config, [], num_shards=2, preview_count=2)
+    job.print_summary(summary, str(tmp_path / "out"))
+    records = [data.decode_record(r) for _, r in _read_all(tmp_path / "out")]
+    assert len(records) == summary["written_photos"] == summary["accepted"] == summary["inputs"] - summary["rejected"]
+    assert summary["accepted"] > 2500 and {r.kind for r in records} == {"photo"}
+    assert len({r.parents[0] for r in records}) == len(records)  # each photo once
+    assert not (tmp_path / "out" / stages.PHOTO_STAGING_FOLDER).exists()
+
+
+@pytest.mark.slow
 def test_pipeline_on_real_lfw_photos_with_detection(tmp_path):
     folder = shared_path("faces", "lfw10")
     # Two photos side by side: several faces. One photo with no face.
