@@ -67,19 +67,12 @@ def build_pipeline(
         | "Global mean" >> beam.CombineGlobally(stages.MeanLandmarks())
     )
     mean_side = beam.pvalue.AsSingleton(mean_landmarks)
-    if config.mode == "photos":
-        face_kind = "photos"
-        faces = None
-        face_records = face_sources | "Decompose photos" >> beam.ParDo(stages.MakePhotoRecord(photo_staging), mean_side)
-        # Written as they come (runner-chosen shards, as the morphs below): a fixed shard count
-        # would first group every record.
-        outputs = [(face_kind, face_records, 0)]
-    else:
-        face_kind = "averages"
-        faces = face_sources | "Decompose" >> beam.Map(stages.decompose, mean_side)
-        face_records = faces | "Serialize averages" >> beam.Map(stages.to_record)
-        # The averages (one per identity) keep the requested shard count.
-        outputs = [(face_kind, face_records, num_shards)]
+    faces = face_sources | "Decompose" >> beam.ParDo(stages.DecomposeStaged(photo_staging), mean_side)
+    face_kind = "photos" if config.mode == "photos" else "averages"
+    face_records = faces | f"Serialize {face_kind}" >> beam.Map(stages.to_record)
+    # Photo records are written as they come (runner-chosen shards, as the morphs below): a fixed
+    # shard count would first group every record. The averages (one per identity) keep it.
+    outputs = [(face_kind, face_records, 0 if config.mode == "photos" else num_shards)]
     plans = morph_records = None
     if config.mode == "morphs":
         # Morphs: each face is staged to a file and planned per split on one worker (a k-d tree over

@@ -95,16 +95,19 @@ class AlignedPhoto:
 
 @dataclasses.dataclass
 class Face:
-    """An averaged identity or a morph, decomposed (texture filled in by Decompose / MakeMorph)."""
+    """An averaged identity, a photo (photos mode) or a morph, decomposed (texture filled in by
+    DecomposeStaged / MakeMorph). Until decomposed, averages and photos travel without pixels:
+    `image` is None and `staged_key` names their staged image (PHOTO_STAGING_FOLDER)."""
 
     key: str
     identity: str
     kind: str
-    image: np.ndarray
+    image: np.ndarray | None
     landmarks: np.ndarray
     parents: list
     split: str = ""
     texture: np.ndarray | None = None
+    staged_key: str = ""
 
 
 def rejection(path, identity, stage, reason, detail="", **values) -> dict:
@@ -245,9 +248,9 @@ class ProcessPhoto(beam.DoFn):
 
 class AverageIdentity(beam.DoFn):
     """Stage 5: one averaged Face per identity with enough photos; the others' photos rejected.
-    Staged photos (image None) are read from `staging_dir`."""
+    Its photos are read from `staging_dir` (StagePhoto wrote them); so is its average written."""
 
-    def __init__(self, config: PrepConfig, staging_dir: str | None = None):
+    def __init__(self, config: PrepConfig, staging_dir: str):
         self.config = config
         self.staging_dir = staging_dir
 
@@ -271,21 +274,13 @@ class AverageIdentity(beam.DoFn):
                 )
             return
         with timed("average"):
-            photos = [
-                p if p.image is not None else dataclasses.replace(p, image=load_staged_photo(self.staging_dir, p.path))
-                for p in photos
-            ]
+            photos = [dataclasses.replace(p, image=load_staged_photo(self.staging_dir, p.path)) for p in photos]
             image, mean = average_photos(photos)
+            staged_key = f"average/{identity}"  # photo keys are paths: no clash
+            write_staged_photo(self.staging_dir, staged_key, image)
         _count("identities_averaged")
-        yield Face(
-            identity,
-            identity,
-            "average",
-            image,
-            mean,
-            [p.path for p in photos],
-            split_of(identity, self.config.validation_fraction),
-        )
+        split = split_of(identity, self.config.validation_fraction)
+        yield Face(identity, identity, "average", None, mean, [p.path for p in photos], split, staged_key=staged_key)
 
 
 def average_photos(photos):
@@ -312,25 +307,25 @@ class MeanLandmarks(beam.CombineFn):
 
 
 def photo_as_face(element, validation_fraction: float) -> Face:
-    """Photos mode: a kept (identity, AlignedPhoto) as a Face of kind "photo", keyed by its path."""
+    """Photos mode: a kept, staged (identity, AlignedPhoto) as a Face of kind "photo", keyed by its path."""
     identity, photo = element
-    return Face(
-        photo.path,
-        identity,
-        "photo",
-        photo.image,
-        photo.landmarks,
-        [photo.path],
-        split_of(identity, validation_fraction),
-    )
+    split = split_of(identity, validation_fraction)
+    return Face(photo.path, identity, "photo", None, photo.landmarks, [photo.path], split, staged_key=photo.path)
 
 
-# Aligned photos are staged too, for the same reason: between ProcessPhoto and the stages that
-# need them (averaging waits for all of an identity's photos; photos mode's decomposition waits
-# for the global mean landmarks) they would be materialized by the runner. Carrying the crops
-# through that boundary, photos mode on 12,687 LFW photos wrote 9,177 records of 12,622 accepted
-# on the default engine (the job's books caught it); staged, the elements are a few numbers.
+# Aligned photos and averages are staged too, for the same reason: between ProcessPhoto and the
+# stages that need them (averaging waits for all of an identity's photos; decomposition waits for
+# the global mean landmarks) they would be materialized by the runner. Carrying the crops through
+# that boundary, photos mode on 12,687 LFW photos wrote 9,177 records of 12,622 accepted on the
+# default engine (the job's books caught it); staged, the elements are a few numbers.
 PHOTO_STAGING_FOLDER = "_staging_photos"
+
+
+def write_staged_photo(staging_dir: str, key: str, image: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, image=image)
+    with FileSystems.create(staged_face_path(staging_dir, key)) as file:
+        file.write(buffer.getvalue())
 
 
 def load_staged_photo(staging_dir: str, key: str) -> np.ndarray:
@@ -348,27 +343,22 @@ class StagePhoto(beam.DoFn):
     def process(self, element):
         identity, photo = element
         with timed("stage_face"):
-            buffer = io.BytesIO()
-            np.savez(buffer, image=photo.image)
-            with FileSystems.create(staged_face_path(self.staging_dir, photo.path)) as file:
-                file.write(buffer.getvalue())
+            write_staged_photo(self.staging_dir, photo.path, photo.image)
         yield identity, dataclasses.replace(photo, image=None)
 
 
-class MakePhotoRecord(beam.DoFn):
-    """Photos mode's stage 6: a staged photo, decomposed against the mean landmarks (side input),
-    as a serialized Record."""
+class DecomposeStaged(beam.DoFn):
+    """Stage 6b for a staged average or photo: its image read back, its texture (the image warped
+    to the mean landmarks, a side input) filled in."""
 
     def __init__(self, staging_dir: str):
         self.staging_dir = staging_dir
 
     def process(self, face: Face, mean_landmarks):
         with timed("decompose"):
-            face = dataclasses.replace(face, image=load_staged_photo(self.staging_dir, face.key))
+            face = dataclasses.replace(face, image=load_staged_photo(self.staging_dir, face.staged_key))
             face = decompose(face, mean_landmarks)
-        with timed("serialize"):
-            record = to_record(face)
-        yield record
+        yield face
 
 
 def decompose(face: Face, mean_landmarks) -> Face:
