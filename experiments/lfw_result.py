@@ -165,8 +165,10 @@ def _latest_checkpoint_time(model_dir: pathlib.Path) -> float:
     return max((f.stat().st_mtime for f in files), default=0.0)
 
 
-def make_evaluation_stage(name):
-    @stage(f"evaluation {VARIANTS[name]}")
+def make_evaluation_stage(name, label=None):
+    """Evaluates the run RUN/<name> on the test items (skipped when its report is newer than its model)."""
+
+    @stage(f"evaluation {label or VARIANTS[name]}")
     def evaluate_variant(run_dir: pathlib.Path, items):
         from normalized_faces import evaluate
 

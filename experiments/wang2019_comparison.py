@@ -1,0 +1,156 @@
+"""The label-free variant (Wang 2019) against the paper's model, on the same LFW people, in one
+resumable command (issue: the thesis's Figs. 4-5 and its ablations 4-7 / 4-8).
+
+    python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--train_steps=3000]
+
+It shares experiments/lfw_result.py's run folder (the paper's model is RUN/with_identity, trained
+by that command) and its stages' bookkeeping (RUN/times.json, skip what is done):
+1. data prep in photos mode (one record per photo that passes the filters) of the same train +
+   validation people -> RUN/photo_data;
+2. training of the variant at the CPU recipe (--output_size 160, --fc_width) -> RUN/wang2019, and
+   the ablations without the GAN, without the mask, without the landmark loss (--ablation_steps);
+3. evaluation of each on the test people with the same evaluation as the paper's model;
+4. a side-by-side figure (photo | paper's model | this variant | its mask) and a table.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+
+from absl import app, flags
+
+from experiments import lfw_result, lfw_split
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("output_size", 160, "The variant's output side (thesis: 320; 160 is the CPU recipe).")
+flags.DEFINE_integer("fc_width", 1024, "Width of its two fully connected layers (thesis: 4800).")
+flags.DEFINE_integer("wang_batch_size", 8, "Its batch size.")
+flags.DEFINE_float("wang_learning_rate", 2e-4, "Its generator's Adam learning rate.")
+flags.DEFINE_integer("wang_steps", 3000, "Steps of the full variant.")
+flags.DEFINE_integer("wang_ablation_steps", 1500, "Steps of each ablation.")
+
+ABLATIONS = {
+    "wang2019": ("Wang 2019", {}),
+    "wang2019_no_gan": ("Wang 2019 without the GAN", {"wang_gan_weight": 0.0}),
+    "wang2019_no_mask": ("Wang 2019 without the mask loss", {"wang_mask_weight": 0.0}),
+    "wang2019_no_landmarks": ("Wang 2019 without the landmark loss", {"wang_landmark_weight": 0.0}),
+}
+
+
+@lfw_result.stage("data prep, photos mode")
+def prepare_photo_data(run_dir: pathlib.Path, people, split):
+    from data_prep import job, stages
+    from normalized_faces import data
+
+    data_dir = run_dir / "photo_data"
+    if (data_dir / data.METADATA_FILE).exists():
+        return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
+    manifest = lfw_result.photo_manifest(people, split["train"] + split["validation"], run_dir / "trainval_photos.csv")
+    summary = job.run(
+        str(manifest), str(data_dir), stages.PrepConfig(mode="photos"), flag_values={"input": str(manifest)}
+    )
+    job.print_summary(summary, str(data_dir))
+    return summary, True
+
+
+def train_config(run_dir: pathlib.Path, name: str):
+    from normalized_faces.config import TrainConfig
+
+    overrides = ABLATIONS[name][1]
+    return TrainConfig().replace(
+        method="wang2019",
+        data_dir=str(run_dir / "photo_data"),
+        model_dir=str(run_dir / name),
+        encoder="facenet",
+        wang_output_size=FLAGS.output_size,
+        wang_fc_width=FLAGS.fc_width,
+        batch_size=FLAGS.wang_batch_size,
+        learning_rate=FLAGS.wang_learning_rate,
+        train_steps=FLAGS.wang_steps if name == "wang2019" else FLAGS.wang_ablation_steps,
+        checkpoint_interval=250,
+        summary_interval=50,
+        validation_interval=1000,
+        validation_steps=5,
+        shuffle_buffer=2000,
+        **overrides,
+    )
+
+
+def make_training_stage(name):
+    @lfw_result.stage(f"training {ABLATIONS[name][0]}")
+    def train_variant(run_dir: pathlib.Path):
+        from normalized_faces.train import train
+
+        result = train(train_config(run_dir, name))
+        return result, result["status"] != "already_done"
+
+    return train_variant
+
+
+def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
+    """photo | paper's model | Wang 2019 | its mask, for `count` test people (their first photo)."""
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from normalized_faces import inference, visualize
+    from normalized_faces.cli import collect_faces
+
+    names = [split["test"][i] for i in np.linspace(0, len(split["test"]) - 1, count).astype(int)]
+    found, _ = collect_faces([(people[name][0], None) for name in names])
+    found = [face for face in found if face.index == 0]
+    crops = np.stack([face.aligned.image for face in found]).astype(np.float32) / 255.0
+    paper = inference.load_model(str(run_dir / "with_identity"))(crops)["normalized_face"]
+    wang = inference.restore_training_model(run_dir / "wang2019")
+    out = wang(crops)
+    size = crops.shape[1]
+    faces = (np.clip(out["rendered"].numpy(), 0, 1) * 255).round().astype(np.uint8)
+    masks = np.repeat(tf.image.resize(out["mask"], [size, size]).numpy(), 3, axis=-1)
+    masks = (np.clip(masks, 0, 1) * 255).round().astype(np.uint8)
+    rows = [[face.aligned.image, paper[i], faces[i], masks[i]] for i, face in enumerate(found)]
+    grid = visualize.image_grid(rows, column_titles=["photo", "paper's model", "Wang 2019", "its mask"])
+    grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    path = run_dir / "wang2019_side_by_side.png"
+    Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
+
+
+def table(reports: dict) -> str:
+    lines = [
+        "| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for judge in ("dlib_resnet", "facenet"):
+        for name, report in reports.items():
+            n = report["judges"][judge]["normalized"]
+            lines.append(
+                f"| {judge} | {name} | {lfw_result._pct(n['rank1'])} | {lfw_result._pct(n['rank5'])} | "
+                f"{lfw_result._pct(n['genuine'])} | {lfw_result._pct(n['impostor'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    signal.signal(signal.SIGTERM, lfw_result._interrupted)
+    run_dir = pathlib.Path(FLAGS.run_dir)
+    people, split = lfw_split.load_split(FLAGS.lfw)
+    prepare_photo_data(run_dir, people, split)
+    for name in ABLATIONS:
+        make_training_stage(name)(run_dir)
+    items = lfw_result.test_items(people, split)
+    reports = {"paper's model (with identity loss)": lfw_result.make_evaluation_stage("with_identity")(run_dir, items)}
+    for name, (label, _) in ABLATIONS.items():
+        reports[label] = lfw_result.make_evaluation_stage(name, label)(run_dir, items)
+    figure = side_by_side(run_dir, people, split, FLAGS.grid_people)
+    markdown = table(reports)
+    (run_dir / "wang2019_results.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {figure} and {run_dir / 'wang2019_results.md'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
