@@ -200,18 +200,30 @@ def report(regressor, test_set: dict, title: str) -> dict:
 
 
 def write_figure(regressor, test_set: dict, path: pathlib.Path, count=8):
-    """Test faces: dlib's points (green) and the regressor's (red), the best and the worst."""
+    """Test faces: dlib's points (green) and the regressor's (red); a row of the best, a row of the worst."""
     predicted = predict(regressor, test_set["image"])
     errors = lr.normalized_mean_error(predicted, test_set["landmarks"])
     order = np.argsort(errors)
     picks = list(order[: count // 2]) + list(order[-(count // 2) :])
-    cells, labels = [], []
+    cells = []
     for i in picks:
         image = visualize.draw_landmarks(test_set["image"][i], test_set["landmarks"][i], color=(40, 200, 40))
         cells.append(visualize.draw_landmarks(image, predicted[i], color=(230, 40, 40)))
-        labels.append(f"NME {errors[i]:.1%}")
-    grid = visualize.image_grid([cells[: count // 2], cells[count // 2 :]], labels=labels)
+    half = count // 2
+    best, worst = errors[order[:half]], errors[order[-half:]]
+    labels = [
+        f"best {half}: NME {best.min():.1%}-{best.max():.1%}",
+        f"worst {half}: NME {worst.min():.1%}-{worst.max():.1%}",
+    ]
+    grid = visualize.image_grid([cells[:half], cells[half:]], labels=labels)
     visualize.write_png(path, grid)
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def main(argv):
@@ -252,6 +264,7 @@ def main(argv):
                 "test": len(test_set["image"]),
             },
             "test_against_dlib": results["trained"],
+            "code_commit": _git_commit(),
             "weights": "float16",
             "licence": "Apache-2.0 (the code's); LFW's photos are not included, only weights trained on them",
         }
