@@ -308,8 +308,10 @@ class WangModel(RebuildsForInference, keras.Model):
     def build_for_training(self):
         """Creates every variable (generator, discriminator, both optimizers' slots) before a
         restore or a distributed fit: call after compile(), inside the strategy's scope."""
-        self(tf.zeros([1, self.image_size, self.image_size, 3]))
+        # The discriminator first: call() never runs it, and Keras warns about a model marked built
+        # while a sublayer is not.
         self.discriminator(tf.zeros([1, self.output_size, self.output_size, 3]))
+        self(tf.zeros([1, self.image_size, self.image_size, 3]))
         self.optimizer.build(self.generator.trainable_variables)
         self.discriminator_optimizer.build(self.discriminator.trainable_variables)
 
