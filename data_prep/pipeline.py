@@ -16,6 +16,8 @@ Stages (every constant a flag; defaults are the paper's where it states one):
                     weights ~ U[0, 1], Poisson compositing onto A's background, warp
   8 write           OUT/{train,validation}-SSSSS-of-NNNNN.tfrecord (split by identity),
                     OUT/rejected.jsonl, OUT/metadata.json, OUT/preview.png
+--mode=photos skips 5 and 7: one record per photo that passed the filters, its texture registered
+to the mean landmarks (the label-free variant, --method=wang2019, trains on these).
 
 Runs locally over all cores by default (Beam's DirectRunner engine, FnApiRunner). Any other runner takes Beam's own
 options after the flags, e.g. --runner=DataflowRunner --project=... --region=...
