@@ -123,6 +123,12 @@ def prepare_data(run_dir: pathlib.Path, people, split, num_morphs):
     return summary, True
 
 
+# Checkpoints, summaries and validation of every training these experiments run.
+SCHEDULE = dict(
+    checkpoint_interval=250, summary_interval=50, validation_interval=1000, validation_steps=5, shuffle_buffer=2000
+)
+
+
 def train_config(run_dir: pathlib.Path, name: str):
     from normalized_faces.config import TrainConfig
 
@@ -141,20 +147,18 @@ def train_config(run_dir: pathlib.Path, name: str):
         texture_base_channels=FLAGS.texture_base_channels,
         texture_min_channels=32,
         texture_upsampling="resize",
-        checkpoint_interval=250,
-        summary_interval=50,
-        validation_interval=1000,
-        validation_steps=5,
-        shuffle_buffer=2000,
+        **SCHEDULE,
     )
 
 
-def make_training_stage(name):
-    @stage(f"training {VARIANTS[name]}")
+def make_training_stage(name, label=None, config_for=None):
+    """Trains (or resumes) RUN/<name> from `config_for(run_dir, name)` (default: train_config)."""
+
+    @stage(f"training {label or VARIANTS[name]}")
     def train_variant(run_dir: pathlib.Path):
         from normalized_faces.train import train
 
-        result = train(train_config(run_dir, name))
+        result = train((config_for or train_config)(run_dir, name))
         return result, result["status"] != "already_done"
 
     return train_variant

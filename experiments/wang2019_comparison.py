@@ -69,24 +69,9 @@ def train_config(run_dir: pathlib.Path, name: str):
         batch_size=FLAGS.wang_batch_size,
         learning_rate=FLAGS.wang_learning_rate,
         train_steps=FLAGS.wang_steps if name == "wang2019" else FLAGS.wang_ablation_steps,
-        checkpoint_interval=250,
-        summary_interval=50,
-        validation_interval=1000,
-        validation_steps=5,
-        shuffle_buffer=2000,
+        **lfw_result.SCHEDULE,
         **overrides,
     )
-
-
-def make_training_stage(name):
-    @lfw_result.stage(f"training {ABLATIONS[name][0]}")
-    def train_variant(run_dir: pathlib.Path):
-        from normalized_faces.train import train
-
-        result = train(train_config(run_dir, name))
-        return result, result["status"] != "already_done"
-
-    return train_variant
 
 
 def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
@@ -139,8 +124,8 @@ def main(argv):
     run_dir = pathlib.Path(FLAGS.run_dir)
     people, split = lfw_split.load_split(FLAGS.lfw)
     prepare_photo_data(run_dir, people, split)
-    for name in ABLATIONS:
-        make_training_stage(name)(run_dir)
+    for name, (label, _) in ABLATIONS.items():
+        lfw_result.make_training_stage(name, label, train_config)(run_dir)
     items = lfw_result.test_items(people, split)
     reports = {"paper's model (with identity loss)": lfw_result.make_evaluation_stage("with_identity")(run_dir, items)}
     for name, (label, _) in ABLATIONS.items():
