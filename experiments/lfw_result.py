@@ -198,16 +198,16 @@ def result_grid(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Pat
     from normalized_faces.cli import collect_faces
 
     names = [split["test"][i] for i in np.linspace(0, len(split["test"]) - 1, count).astype(int)]
-    jobs, _ = collect_faces([(people[name][0], None) for name in names])
-    jobs = [job for job in jobs if job.index == 0]
+    found, _ = collect_faces([(people[name][0], None) for name in names])
+    found = [face for face in found if face.index == 0]
     models = {name: inference.load_model(str(run_dir / name)) for name in VARIANTS}
-    crops = np.stack([job.aligned.image for job in jobs]).astype(np.float32) / 255.0
+    crops = np.stack([face.aligned.image for face in found]).astype(np.float32) / 255.0
     outputs = {name: model(crops)["normalized_face"] for name, model in models.items()}
     rows = []
-    for i, job in enumerate(jobs):
+    for i, face in enumerate(found):
         normalized = outputs["with_identity"][i]
-        adjusted = adjust.adjust_photo(job.aligned.image, job.aligned.image, normalized)
-        rows.append([job.aligned.image, normalized, adjusted, outputs["without_identity"][i]])
+        adjusted = adjust.adjust_photo(face.aligned.image, face.aligned.image, normalized)
+        rows.append([face.aligned.image, normalized, adjusted, outputs["without_identity"][i]])
     grid = visualize.image_grid(rows, column_titles=["photo", "normalized", "adjusted", "no identity loss"])
     # Half size: a small result figure (README figures stay under 300 KB; LFW photos only as such).
     grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)

@@ -139,7 +139,7 @@ class WangGenerator(keras.layers.Layer):
         self.fc_1.build(input_shape)
         self.fc_2.build((input_shape[0], self.fc_width))
         self.project.build((input_shape[0], self.fc_width))
-        shape, previous = (input_shape[0], 5, 5, 192), 192
+        previous = 192
         for i, (side, channels) in enumerate(self.stages):
             getattr(self, f"stage_{i}").build((input_shape[0], side // 2, side // 2, previous))
             previous = channels
@@ -149,7 +149,6 @@ class WangGenerator(keras.layers.Layer):
             getattr(self, f"mask_stage_{i}").build((input_shape[0], side // 2, side // 2, previous))
             previous = channels
         self.to_mask.build((input_shape[0], self.output_size, self.output_size, previous))
-        del shape
 
     def call(self, features):
         x = self.project(self.fc_2(self.fc_1(tf.cast(features, self.compute_dtype))))
@@ -315,9 +314,6 @@ class WangModel(RebuildsForInference, keras.Model):
         self.optimizer.build(self.generator.trainable_variables)
         self.discriminator_optimizer.build(self.discriminator.trainable_variables)
 
-    def generate(self, features):
-        return self.generator(features)
-
     def _landmarks_at(self, images, size):
         """The regressor's landmarks on images of side `size`, in that frame."""
         points = self.regressor(images)  # the regressor resizes; its points are in its own frame
@@ -325,7 +321,7 @@ class WangModel(RebuildsForInference, keras.Model):
 
     def call(self, images, training=False):
         encoded = self.encoder(images)
-        out = self.generate(encoded["features"])
+        out = self.generator(encoded["features"])
         size = [self.image_size, self.image_size]
         return {
             **out,
@@ -345,7 +341,7 @@ class WangModel(RebuildsForInference, keras.Model):
             encoded = {"features": batch["features"], "embedding": batch["embedding"]}
         else:
             encoded = self.encoder(batch["image"])
-        out = self.generate(encoded["features"])
+        out = self.generator(encoded["features"])
         size = self.output_size
         photo = tf.image.resize(batch["image"], [size, size], method="bilinear", antialias=True)
         photo_points = scale_points(batch["landmarks"], self.image_size, size)
@@ -378,9 +374,6 @@ class WangModel(RebuildsForInference, keras.Model):
         terms["loss"] = total
         return terms, out["noisy"], photo
 
-    def _update(self, name, value):
-        self.trackers[name].update_state(value)
-
     def train_step(self, batch):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
@@ -409,7 +402,7 @@ class WangModel(RebuildsForInference, keras.Model):
             # The mean over the steps that updated the discriminator only.
             self.trackers["discriminator_loss"].update_state(d_loss, sample_weight=tf.cast(do_update, tf.float32))
         for name, value in terms.items():
-            self._update(name, value)
+            self.trackers[name].update_state(value)
         return {
             name: tracker.result()
             for name, tracker in self.trackers.items()
@@ -419,7 +412,7 @@ class WangModel(RebuildsForInference, keras.Model):
     def test_step(self, batch):
         terms, _, _ = self.generator_losses(batch)
         for name, value in terms.items():
-            self._update(name, value)
+            self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in terms}
 
     def get_config(self):
