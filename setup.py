@@ -23,6 +23,7 @@ setup(
             "pretrained/*.md",
             "samples/*.jpg",
             "samples/*.md",
+            "kernels/*.cc",  # compiled on first use (normalized_faces/kernels)
         ]
     },
     packages=find_packages(

@@ -11,8 +11,10 @@ forward+backward (gradients w.r.t. image and both point sets) for:
                    coordinates, four batched gathers for bilinear sampling;
   exact            ours, flow_stride=1 (the default);
   coarse/s         ours, spline evaluated every s pixels and the flow upsampled;
+  ... tf-ops       the same composed of TF ops only (no fused kernels: as in an exported SavedModel);
 
-each as a tf.function (graph) and with jit_compile=True (XLA). Then the coarse modes' flow and
+each as a tf.function (graph) and with jit_compile=True (XLA; the fused kernels have no XLA
+lowering, so under XLA every variant composes TF ops). Then the coarse modes' flow and
 image errors against exact, and the float32 error of ours and of the reference-style algorithm
 against a float64 solution.
 
@@ -28,6 +30,7 @@ medians and the ratios, and checks that both warps return the same image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -51,7 +54,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("rounds", 5, "With --reference_python: alternating rounds (ours, tfa) per figure.")
 flags.DEFINE_list(
-    "reference_variants", ["exact", "coarse/2", "coarse/4"], "With --reference_python: our variants to compare."
+    "reference_variants",
+    ["exact", "coarse/2", "coarse/4", "exact tf-ops", "coarse/4 tf-ops"],
+    "With --reference_python: our variants to compare: exact or coarse/S (the warp's defaults: fused kernels "
+    "where they apply), ' tf-ops' appended: composed of TF ops only (as in an exported SavedModel).",
 )
 
 
@@ -141,6 +147,23 @@ def _gradients_image_dest(warp_fn):
     return run
 
 
+def _our_variant(name, num_boundary_points):
+    """ "exact" or "coarse/S" (fused kernels where they apply), with " tf-ops": TF ops only."""
+    mode, _, kernels = name.partition(" ")
+    if kernels not in ("", "tf-ops") or not (mode == "exact" or mode.startswith("coarse/")):
+        raise ValueError(f"unknown variant {name!r}: exact or coarse/S, optionally followed by ' tf-ops'")
+    stride = 1 if mode == "exact" else int(mode.split("/")[1])
+
+    def run(image, source, dest):
+        # Entered while tf.function traces: the graph keeps the ops chosen here.
+        with warp.portable_ops() if kernels else contextlib.nullcontext():
+            return warp.sparse_image_warp(
+                image, source, dest, num_boundary_points=num_boundary_points, flow_stride=stride
+            )
+
+    return run
+
+
 def compare_with_reference(reference_python, batch, runs, rounds, n, variant_names):
     """Ours and tfa's sparse_image_warp timed in alternating blocks on the same inputs."""
     import subprocess
@@ -176,10 +199,7 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
         reference_sum = float(ask("check"))
         ours = {}
         for name in variant_names:
-            stride = 1 if name == "exact" else int(name.split("/")[1])
-            fn = lambda i, s, d, stride=stride: warp.sparse_image_warp(
-                i, s, d, num_boundary_points=n, flow_stride=stride
-            )  # noqa: E731
+            fn = _our_variant(name, n)
             ours[name] = {
                 "fwd": tf.function(lambda i, s, d, fn=fn: fn(i, s, d)[0]),
                 "fwb": tf.function(_gradients_image_dest(fn)),
@@ -188,7 +208,7 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
                 our_sum = float(tf.reduce_sum(ours[name]["fwd"](*args)))
                 relative = abs(our_sum - reference_sum) / abs(reference_sum)
                 print(f"same image: sum of ours {our_sum:.3f} vs tfa {reference_sum:.3f} (relative {relative:.1e})")
-        print(f"{'variant':<12} {'fwd ms':>8} {'tfa fwd':>8} {'ratio':>7}   {'f+b ms':>8} {'tfa f+b':>8} {'ratio':>7}")
+        print(f"{'variant':<16} {'fwd ms':>8} {'tfa fwd':>8} {'ratio':>7}   {'f+b ms':>8} {'tfa f+b':>8} {'ratio':>7}")
         for name, functions in ours.items():
             row = []
             for kind in ("fwd", "fwb"):
@@ -203,7 +223,7 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
                     theirs.append(float(ask(f"{kind} {runs}")))
                 row += [float(np.median(mine)), float(np.median(theirs))]
             print(
-                f"{name:<12} {row[0]:>8.1f} {row[1]:>8.1f} {row[1] / row[0]:>6.1f}x   "
+                f"{name:<16} {row[0]:>8.1f} {row[1]:>8.1f} {row[1] / row[0]:>6.1f}x   "
                 f"{row[2]:>8.1f} {row[3]:>8.1f} {row[3] / row[2]:>6.1f}x",
                 flush=True,
             )
@@ -227,11 +247,9 @@ def main(argv):
     strides = [int(s) for s in FLAGS.strides]
     n = FLAGS.num_boundary_points
     variants = {"reference-style": lambda i, s, d: reference_style_warp(i, s, d, n)}
-    variants["exact"] = lambda i, s, d: warp.sparse_image_warp(i, s, d, num_boundary_points=n)
-    for stride in strides:
-        variants[f"coarse/{stride}"] = lambda i, s, d, stride=stride: warp.sparse_image_warp(
-            i, s, d, num_boundary_points=n, flow_stride=stride
-        )
+    for kernels in ("", " tf-ops"):
+        for mode in ["exact"] + [f"coarse/{stride}" for stride in strides]:
+            variants[mode + kernels] = _our_variant(mode + kernels, n)
     print(
         f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; {FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1"
     )

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from normalized_faces import inference  # noqa: E402
+from normalized_faces import inference, warp  # noqa: E402
 from normalized_faces.config import MEAN_FACE_FILE  # noqa: E402
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -134,11 +134,14 @@ def export(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         module = ServingModule(model)
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images},
-        )
+        # Traced with TF ops only: the warp's fused kernels are this package's custom ops, which
+        # TF Serving and a process without this package could not load.
+        with warp.portable_ops():
+            tf.saved_model.save(
+                module,
+                str(staging),
+                signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images},
+            )
         write_warmup_requests(staging / "assets.extra" / "tf_serving_warmup_requests", model_name, model.image_size)
         threshold = model.encoder.threshold
         metadata = {

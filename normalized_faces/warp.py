@@ -25,13 +25,22 @@ It computes the reference's mathematics (see `interpolate_spline`) with three di
     (in eager and graph mode; under XLA `check_numerics` compiles to nothing, so NaN in means
     NaN out there).
 
-For speed, `sparse_image_warp(..., flow_stride=s)` evaluates the spline on a grid s times coarser
+Speed: for order 1 in float32 on the CPU, the spline's evaluation on a pixel grid and the bilinear
+sampling run as fused C++ kernels (`normalized_faces.kernels`, compiled on first use), which never
+form the [B, H, W, N] distance tensors the TF-ops composition needs; everything else, and every
+case they do not cover (other orders, float64, XLA, `portable_ops()`), composes TF ops. Both paths
+compute the same function and gradient (tests compare them). Exported SavedModels are traced under
+`portable_ops()`, so they load without this package.
+
+For more speed, `sparse_image_warp(..., flow_stride=s)` evaluates the spline on a grid s times coarser
 in each direction and upsamples the flow bilinearly; the exact path (`flow_stride=1`) is the
 default. `benchmarks/warp_bench.py` prints the error this costs (README: "The warp").
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import NamedTuple
 
 import keras
@@ -51,6 +60,43 @@ _DUPLICATE_TOLERANCE = {tf.float32: 1e-4, tf.float64: 1e-7}
 # Eigenvalues of B^T B below this fraction of the largest mean the points leave a direction of the
 # linear term undetermined (e.g. all points collinear).
 _RANK_TOLERANCE = {tf.float32: 1e-6, tf.float64: 1e-12}
+
+_portable = threading.local()
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Within this context the warp composes TF ops only, never the fused kernels: for graphs that
+    must run without this package (an exported SavedModel, TF Serving)."""
+    previous = getattr(_portable, "on", False)
+    _portable.on = True
+    try:
+        yield
+    finally:
+        _portable.on = previous
+
+
+def _fused_kernels(*tensors):
+    """The fused op library if it can compute on these tensors here, else None.
+
+    It covers float32 on the CPU outside XLA (custom ops have no XLA lowering) and outside
+    `portable_ops()`; the library loads (or compiles) on first use.
+    """
+    if getattr(_portable, "on", False) or any(t.dtype != tf.float32 for t in tensors):
+        return None
+    if tf.config.list_logical_devices("GPU") or _in_xla_context():
+        return None
+    from normalized_faces import kernels
+
+    return kernels.fused_ops()
+
+
+def _in_xla_context() -> bool:
+    if tf.executing_eagerly():
+        return False
+    from tensorflow.python.ops import control_flow_util  # no public API tells a jit_compile trace
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 class SplineFit(NamedTuple):
@@ -251,11 +297,43 @@ def evaluate_spline(fit: SplineFit, query_points):
     return tf.matmul(kernel, fit.weights) + tf.matmul(basis, fit.linear)
 
 
-def evaluate_spline_on_grid(fit: SplineFit, xs, ys):
-    """Evaluates a fitted 2-D spline on the grid xs x ys, using that r^2 = dx^2 + dy^2 separates.
+def _grid_spline(fit: SplineFit, along_x, along_y, centres_x, centres_y, linear):
+    """The spline at the grid points p = (along_x[w], along_y[h]): sum_n phi(|p - c_n|^2) w_n + linear . (p, 1).
 
-    Forming dx^2 [B, W, N] and dy^2 [B, H, N] once and adding them costs one add per grid point and
-    control point instead of a [B, H*W, N, 2] difference tensor.
+    Args:
+      fit: the spline (its order, scale and weights).
+      along_x: [B, W], along_y: [B, H] normalized coordinates of the grid's columns and rows.
+      centres_x, centres_y: [B, N] the centres' coordinates along the same two axes.
+      linear: [B, 3, K] the linear term in those axes (rows: x, y, 1).
+
+    Returns:
+      [B, H, W, K]. r^2 = dx^2 + dy^2 separates: forming dx^2 [B, W, N] and dy^2 [B, H, N] once
+      and adding them costs one add per grid point and centre instead of a [B, H*W, N, 2]
+      difference tensor. For order 1 in float32 the fused kernel forms no [B, H, W, N] tensor.
+    """
+    floor = _SQUARED_DISTANCE_FLOOR / tf.square(fit.scale)  # [B, 1, 1]
+    ops = _fused_kernels(along_x, fit.weights) if fit.order == 1 else None
+    if ops is not None:
+        return ops.nf_grid_spline(along_x, along_y, centres_x, centres_y, fit.weights, linear, floor[:, 0, 0])
+    dx2 = tf.square(along_x[:, :, None] - centres_x[:, None, :])  # [B, W, N]
+    dy2 = tf.square(along_y[:, :, None] - centres_y[:, None, :])  # [B, H, N]
+    kernel = _phi(
+        dy2[:, :, None, :] + dx2[:, None, :, :],
+        fit.order,
+        tf.math.log(fit.scale)[:, :, :, None],
+        floor[:, :, :, None],
+    )
+    return (
+        tf.einsum("bhwn,bnk->bhwk", kernel, fit.weights)
+        + along_x[:, None, :, None] * linear[:, None, None, 0, :]
+        + along_y[:, :, None, None] * linear[:, None, None, 1, :]
+        + linear[:, None, None, 2, :]
+    )
+
+
+def evaluate_spline_on_grid(fit: SplineFit, xs, ys):
+    """Evaluates a fitted 2-D spline on the grid xs x ys, using that r^2 = dx^2 + dy^2 separates
+    (`_grid_kernel_sum`).
 
     Args:
       fit: from `fit_spline` on D = 2 points (x, y).
@@ -270,23 +348,7 @@ def evaluate_spline_on_grid(fit: SplineFit, xs, ys):
     scale = fit.scale[:, 0, :]  # [B, 1]
     xs_n = (tf.cast(xs, dtype)[None, :] - offset[:, :1]) / scale  # [B, W]
     ys_n = (tf.cast(ys, dtype)[None, :] - offset[:, 1:]) / scale  # [B, H]
-    dx2 = tf.square(xs_n[:, :, None] - fit.centers[:, None, :, 0])  # [B, W, N]
-    dy2 = tf.square(ys_n[:, :, None] - fit.centers[:, None, :, 1])  # [B, H, N]
-    squared_distance = dy2[:, :, None, :] + dx2[:, None, :, :]  # [B, H, W, N]
-    kernel = _phi(
-        squared_distance,
-        fit.order,
-        tf.math.log(fit.scale)[:, :, :, None],
-        (_SQUARED_DISTANCE_FLOOR / tf.square(fit.scale))[:, :, :, None],
-    )
-    values = tf.einsum("bhwn,bnk->bhwk", kernel, fit.weights)
-    linear = fit.linear  # rows: x, y, 1
-    return (
-        values
-        + xs_n[:, None, :, None] * linear[:, None, None, 0, :]
-        + ys_n[:, :, None, None] * linear[:, None, None, 1, :]
-        + linear[:, None, None, 2, :]
-    )
+    return _grid_spline(fit, xs_n, ys_n, fit.centers[..., 0], fit.centers[..., 1], fit.linear)
 
 
 def evaluate_spline_on_affine_grid(fit: SplineFit, chip_to_frame, us, vs):
@@ -322,26 +384,18 @@ def evaluate_spline_on_affine_grid(fit: SplineFit, chip_to_frame, us, vs):
     along_v = tf.reduce_sum(origin_n * unit_v, -1, keepdims=True) + vs[None] * length_v / scale  # [B, V]
     centres_u = tf.reduce_sum(fit.centers * unit_u, -1)  # [B, N]
     centres_v = tf.reduce_sum(fit.centers * unit_v, -1)
-    du2 = tf.square(along_u[:, :, None] - centres_u[:, None, :])  # [B, U, N]
-    dv2 = tf.square(along_v[:, :, None] - centres_v[:, None, :])  # [B, V, N]
-    kernel = _phi(
-        dv2[:, :, None, :] + du2[:, None, :, :],
-        fit.order,
-        tf.math.log(fit.scale)[:, :, :, None],
-        (_SQUARED_DISTANCE_FLOOR / tf.square(fit.scale))[:, :, :, None],
-    )
-    values = tf.einsum("bvun,bnk->bvuk", kernel, fit.weights)
-    # The linear term at the normalized points origin_n + u a / scale + v b / scale.
+    # In normalized coordinates a chip point is p = along_u unit_u + along_v unit_v (the units are
+    # orthonormal), so the linear term x L0 + y L1 + L2 is along_u (unit_u . L) + along_v (unit_v . L) + L2.
     linear = fit.linear  # rows: x, y, 1
-    at_origin = origin_n[:, 0:1] * linear[:, 0, :] + origin_n[:, 1:2] * linear[:, 1, :] + linear[:, 2, :]  # [B, K]
-    step_u = (axis_u[0] * linear[:, 0, :] + axis_u[1] * linear[:, 1, :]) / scale  # [B, K] per unit of u
-    step_v = (axis_v[0] * linear[:, 0, :] + axis_v[1] * linear[:, 1, :]) / scale
-    return (
-        values
-        + at_origin[:, None, None, :]
-        + us[None, None, :, None] * step_u[:, None, None, :]
-        + vs[None, :, None, None] * step_v[:, None, None, :]
+    linear_uv = tf.stack(
+        [
+            unit_u[0] * linear[:, 0, :] + unit_u[1] * linear[:, 1, :],
+            unit_v[0] * linear[:, 0, :] + unit_v[1] * linear[:, 1, :],
+            linear[:, 2, :],
+        ],
+        axis=1,
     )
+    return _grid_spline(fit, along_u, along_v, centres_u, centres_v, linear_uv)  # [B, V, U, K]
 
 
 def interpolate_spline(train_points, train_values, query_points, order, regularization_weight=0.0, compute_dtype=None):
@@ -385,9 +439,20 @@ def bilinear_sample(image, x, y):
     Returns:
       [B, ..., C] samples, in image's dtype.
 
-    The image gradient is a scatter-add; its custom gradient below does it as one
+    In float32 on the CPU the fused kernel samples (and scatters the image gradient) in one pass.
+    Otherwise the image gradient is a scatter-add; the custom gradient below does it as one
     `unsorted_segment_sum` instead of four `IndexedSlices` conversions (2x faster backward).
     """
+    if _fused_kernels(image, x, y) is not None:
+        # The fused kernel samples at base - flow: base 0, flow -(x, y).
+        points = -tf.stack([tf.reshape(x, [tf.shape(x)[0], -1]), tf.reshape(y, [tf.shape(y)[0], -1])], axis=-1)
+        samples = _sample_at(image, tf.zeros_like(points[0]), points)
+        return tf.reshape(samples, tf.concat([tf.shape(x), tf.shape(image)[3:]], axis=0))
+    return _bilinear_sample_ops(image, x, y)
+
+
+def _bilinear_sample_ops(image, x, y):
+    """`bilinear_sample` composed of TF ops."""
     shape = tf.shape(image)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
     coord_dtype = x.dtype
@@ -425,6 +490,22 @@ def bilinear_sample(image, x, y):
     return tf.reduce_sum(gather_corners(image) * weights[..., None], axis=-2)
 
 
+def _sample_at(image, base, flow):
+    """Samples `image` bilinearly at base - flow (as `bilinear_sample`).
+
+    Args:
+      image: [B, H, W, C]; base: [Q, 2] (x, y) points (constants: no gradient);
+      flow: [B, Q, 2] (x, y) displacements.
+
+    Returns:
+      [B, Q, C].
+    """
+    ops = _fused_kernels(image, base, flow)
+    if ops is not None:
+        return ops.nf_warp_sample(image, base, flow)
+    return _bilinear_sample_ops(image, base[None, :, 0] - flow[..., 0], base[None, :, 1] - flow[..., 1])
+
+
 def dense_image_warp(image, flow):
     """Warps an image by a dense flow: out[b, y, x] = image[b, y - flow_y, x - flow_x] (bilinear).
 
@@ -448,9 +529,12 @@ def dense_image_warp(image, flow):
     if flow.shape[-1] is not None and flow.shape[-1] != 2:
         raise ValueError(f"flow must be [B, H, W, 2] (x, y) displacements, got shape {flow.shape}")
     shape = tf.shape(image)
-    xs = _pixel_grid_coordinates(shape[2], flow.dtype)
-    ys = _pixel_grid_coordinates(shape[1], flow.dtype)
-    return bilinear_sample(image, xs[None, None, :] - flow[..., 0], ys[None, :, None] - flow[..., 1])
+    ys, xs = tf.meshgrid(
+        _pixel_grid_coordinates(shape[1], flow.dtype), _pixel_grid_coordinates(shape[2], flow.dtype), indexing="ij"
+    )
+    base = tf.reshape(tf.stack([xs, ys], axis=-1), [-1, 2])  # [H * W, 2] (x, y) of every pixel
+    samples = _sample_at(image, base, tf.reshape(flow, [shape[0], -1, 2]))
+    return tf.reshape(samples, shape)
 
 
 def border_points(height, width, num_boundary_points, dtype=tf.float32):
@@ -649,8 +733,9 @@ def sparse_image_warp_chip(
         coarse = evaluate_spline_on_affine_grid(fit, chip_to_image, positions, positions)
         flow = tf.einsum("hi,bijk,wj->bhwk", upsample, coarse, upsample)
     flow = tf.cast(flow, result_dtype)
-    points = tf.cast(points, flow.dtype)
-    return bilinear_sample(image, points[None, ..., 0] - flow[..., 0], points[None, ..., 1] - flow[..., 1])
+    points = tf.reshape(tf.cast(points, flow.dtype), [-1, 2])
+    samples = _sample_at(image, points, tf.reshape(flow, [tf.shape(flow)[0], -1, 2]))
+    return tf.reshape(samples, [tf.shape(image)[0], chip_size, chip_size, tf.shape(image)[3]])
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")

@@ -40,6 +40,19 @@ def test_export_layout(exported):
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+def test_export_holds_no_custom_op(exported):
+    """The warp's fused kernels are this package's ops: TF Serving could not load a graph with them."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel.FromString((exported / "saved_model.pb").read_bytes())
+    graph = model.meta_graphs[0].graph_def
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types |= {node.op for node in function.node_def}
+    assert "GatherV2" in types  # the warp is in there, composed of TF ops
+    assert not [t for t in types if t.startswith("Nf")], sorted(types)
+
+
 def test_signatures_in_a_fresh_process_agree_with_the_keras_model(trained_run, exported, tmp_path):
     faces = _aligned_faces()
     floats = faces.astype(np.float32) / 255.0
