@@ -3,8 +3,9 @@ resumable command (issue: the thesis's Figs. 4-5 and its ablations 4-7 / 4-8).
 
     python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--train_steps=3000]
 
-It shares experiments/lfw_result.py's run folder (the paper's model is RUN/with_identity, trained
-by that command) and its stages' bookkeeping (RUN/times.json, skip what is done):
+It shares experiments/lfw_result.py's run folder and its stages' bookkeeping (RUN/times.json, skip
+what is done). The paper's model is the one shipped with the package (trained by that command on
+the same train people: normalized_faces/pretrained/PROVENANCE.md), evaluated the same way:
 1. data prep in photos mode (one record per photo that passes the filters) of the same train +
    validation people -> RUN/photo_data;
 2. training of the variant at the CPU recipe (--output_size 160, --fc_width) -> RUN/wang2019, and
@@ -88,7 +89,7 @@ def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Pa
     found, _ = collect_faces([(people[name][0], None) for name in names])
     found = [face for face in found if face.index == 0]
     crops = np.stack([face.aligned.image for face in found]).astype(np.float32) / 255.0
-    paper = inference.load_model(str(run_dir / "with_identity"))(crops)["normalized_face"]
+    paper = inference.load_model(None)(crops)["normalized_face"]
     wang = inference.restore_training_model(run_dir / "wang2019")
     out = wang(crops)
     size = crops.shape[1]
@@ -103,19 +104,49 @@ def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Pa
     return path
 
 
-def table(reports: dict) -> str:
+@lfw_result.stage("evaluation of the shipped model (the paper's)")
+def evaluate_shipped_model(run_dir: pathlib.Path, items):
+    from normalized_faces import evaluate
+
+    output_dir = run_dir / "evaluation_shipped"
+    if (output_dir / "report.json").exists():
+        return json.loads((output_dir / "report.json").read_text()), False
+    return evaluate.evaluate(None, items, output_dir, judges=["dlib_resnet", "facenet"]), True
+
+
+def table(reports: dict, steps: dict) -> str:
+    """The evaluation's figures per model and judge, with the mean-face baseline and the photos' ceiling."""
     lines = [
-        "| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
-        "|---|---|---|---|---|---|",
+        "| judge | model | training steps | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
+        "|---|---|---|---|---|---|---|",
     ]
+    pct = lfw_result._pct
     for judge in ("dlib_resnet", "facenet"):
         for name, report in reports.items():
             n = report["judges"][judge]["normalized"]
             lines.append(
-                f"| {judge} | {name} | {lfw_result._pct(n['rank1'])} | {lfw_result._pct(n['rank5'])} | "
-                f"{lfw_result._pct(n['genuine'])} | {lfw_result._pct(n['impostor'])} |"
+                f"| {judge} | {name} | {steps.get(name, '')} | {pct(n['rank1'])} | {pct(n['rank5'])} | "
+                f"{pct(n['genuine'])} | {pct(n['impostor'])} |"
             )
+        first = next(iter(reports.values()))["judges"][judge]
+        base = first.get("mean_face_baseline")
+        if base:
+            lines.append(
+                f"| {judge} | mean face (baseline) | | {pct(base['rank1'])} | {pct(base['rank5'])} | "
+                f"{pct(base['genuine'])} | {pct(base['impostor'])} |"
+            )
+        ceiling = first["photos_ceiling"]
+        lines.append(
+            f"| {judge} | the photos themselves (ceiling) | | {pct(ceiling['rank1'])} | {pct(ceiling['rank5'])} | | |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _trained_steps(model_dir: pathlib.Path) -> int | None:
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else None
 
 
 def main(argv):
@@ -127,11 +158,14 @@ def main(argv):
     for name, (label, _) in ABLATIONS.items():
         lfw_result.make_training_stage(name, label, train_config)(run_dir)
     items = lfw_result.test_items(people, split)
-    reports = {"paper's model (with identity loss)": lfw_result.make_evaluation_stage("with_identity")(run_dir, items)}
+    reports = {"paper's model (shipped)": evaluate_shipped_model(run_dir, items)}
     for name, (label, _) in ABLATIONS.items():
         reports[label] = lfw_result.make_evaluation_stage(name, label)(run_dir, items)
     figure = side_by_side(run_dir, people, split, FLAGS.grid_people)
-    markdown = table(reports)
+    steps = {"paper's model (shipped)": "5,000 x 16 (shipped)"}
+    for name, (label, _) in ABLATIONS.items():
+        steps[label] = f"{_trained_steps(run_dir / name):,} x {FLAGS.wang_batch_size}"
+    markdown = table(reports, steps)
     (run_dir / "wang2019_results.md").write_text(markdown)
     print(markdown)
     print(f"wrote {figure} and {run_dir / 'wang2019_results.md'}")
