@@ -17,7 +17,9 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
     +fused                   Adam through TensorFlow's fused kernel (default)
     +bf16                    --precision=mixed_bfloat16 (this CPU has AVX512_BF16 / AMX)
     +stride2                 --identity_flow_stride=2 (coarse flow in the identity loss's chip)
-    +xla                     --jit_compile (XLA for the whole step)
+    +warp kernels            the warp's fused CPU kernels (normalized_faces/kernels; default); every
+                             row above composes the warp of TF ops, as before them
+    +xla                     --jit_compile (XLA for the whole step; the warp then composes TF ops)
     defaults                 what train_main.py does with no flags (precision auto)
   --identity_weight=0 (the paper's ablation) is shown as "before" and "cache" too: without the
   identity loss the cached step runs no encoder and no warp at all.
@@ -28,6 +30,7 @@ calls after a warm-up; inputs are random, so the figures are about time, not lea
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from normalized_faces import landmarks, train  # noqa: E402
+from normalized_faces import landmarks, train, warp  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
@@ -49,15 +52,17 @@ flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: Tens
 flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0: TensorFlow's default).")
 
 # Each lever on top of the previous ones; "before" is the path before this work, still selectable.
-BEFORE = dict(identity_render="frame", optimizer="adam", precision="float32", identity_flow_stride=1)
+# "warp": "tf-ops" traces the step under warp.portable_ops() (the warp as before its fused kernels).
+BEFORE = dict(identity_render="frame", optimizer="adam", precision="float32", identity_flow_stride=1, warp="tf-ops")
 LEVERS = {
     "before": dict(cache=False, **BEFORE),
     "cache": dict(cache=True, **BEFORE),
     "cache+chip": dict(cache=True, **{**BEFORE, "identity_render": "chip"}),
-    "cache+chip+fused": dict(cache=True, precision="float32", identity_flow_stride=1),
-    "cache+chip+fused+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=1),
-    "cache+chip+fused+bf16+stride2": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
-    "cache+chip+fused+xla": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
+    "+fused Adam": dict(cache=True, precision="float32", identity_flow_stride=1, warp="tf-ops"),
+    "+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=1, warp="tf-ops"),
+    "+stride2": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2, warp="tf-ops"),
+    "+warp kernels": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
+    "xla instead (float32, stride 1)": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
     "defaults (train_main.py)": dict(cache=True),
 }
 flags.DEFINE_list("levers", list(LEVERS), "Which step variants to time (default: all, in this order).")
@@ -85,28 +90,35 @@ def random_batch(rng, size):
     }
 
 
-def step_ms(config, batch, cache) -> float:
-    """Median ms of one full train step of a model built from config (its precision set meanwhile)."""
+def step_ms(config, batch, cache, warp_kernels="fused") -> float:
+    """Median ms of one full train step of a model built from config (its precision set meanwhile).
+
+    warp_kernels "tf-ops" traces the step under warp.portable_ops(): the warp composed of TF ops.
+    """
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train.resolve_precision(config.runtime.precision))
+    # The step is traced on its first call, inside this context: the graph keeps the warp's ops.
+    kernels = warp.portable_ops() if warp_kernels == "tf-ops" else contextlib.nullcontext()
     try:
-        model = train.build_model(config, landmarks.template_landmarks(), 224)
-        if cache:
-            encoded = model.encoder(batch["image"])
-            batch = {
-                **batch,
-                "features": tf.cast(encoded["features"], tf.float32),
-                "embedding": tf.cast(encoded["embedding"], tf.float32),
-            }
-        iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
-        model.make_train_function()
-        return 1000 * median_seconds(lambda: model.train_function(iterator), FLAGS.runs)
+        with kernels:
+            model = train.build_model(config, landmarks.template_landmarks(), 224)
+            if cache:
+                encoded = model.encoder(batch["image"])
+                batch = {
+                    **batch,
+                    "features": tf.cast(encoded["features"], tf.float32),
+                    "embedding": tf.cast(encoded["embedding"], tf.float32),
+                }
+            iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+            model.make_train_function()
+            return 1000 * median_seconds(lambda: model.train_function(iterator), FLAGS.runs)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
 
 def breakdown(config, batch):
-    config = config.replace(**BEFORE)  # the path before the levers
+    """Where the step's time went before the levers (the warp composed of TF ops)."""
+    config = config.replace(**{k: v for k, v in BEFORE.items() if k != "warp"})
     model = train.build_model(config, landmarks.template_landmarks(), 224)
     rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
@@ -128,8 +140,8 @@ def breakdown(config, batch):
     predicted = tf.Variable(landmarks.random_face_landmarks(rng, FLAGS.batch_size).astype(np.float32))
 
     @tf.function
-    def warp():
-        with tf.GradientTape() as tape:
+    def render():
+        with warp.portable_ops(), tf.GradientTape() as tape:
             loss = tf.reduce_sum(model.render(texture, predicted))
         return tape.gradient(loss, [texture, predicted])
 
@@ -144,7 +156,7 @@ def breakdown(config, batch):
     return {
         "encoder forward (photos)": 1000 * median_seconds(lambda: encoder_forward().numpy(), FLAGS.runs),
         "decoders forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in decoders()], FLAGS.runs),
-        "warp forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in warp()], FLAGS.runs),
+        "warp forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in render()], FLAGS.runs),
         "encoder forward + backward": 1000 * median_seconds(lambda: encoder_backward().numpy(), FLAGS.runs),
     }
 
@@ -172,16 +184,19 @@ def main(argv):
         for lever in FLAGS.levers:
             options = dict(LEVERS[lever])
             cache = options.pop("cache")
-            ms = step_ms(config_for(name, **options), batch, cache)
+            kernels = options.pop("warp", "fused")
+            ms = step_ms(config_for(name, **options), batch, cache, kernels)
             before = before or ms
             print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
         for lever, options in (
-            ("before", dict(cache=False, optimizer="adam", precision="float32")),
+            ("before", dict(cache=False, optimizer="adam", precision="float32", warp="tf-ops")),
             ("defaults", dict(cache=True)),
         ):
             options = dict(options)
             cache = options.pop("cache")
-            ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache)  # no warp, no encoder pass
+            kernels = options.pop("warp", "fused")
+            # no warp, no encoder pass
+            ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache, kernels)
             print(
                 f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}",
                 flush=True,

@@ -440,7 +440,9 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
                 # Render only what the encoder looks at: its chip of the rendered face, sampled
                 # straight from the texture (one resampling instead of warp + re-framing).
                 chips = warp.sparse_image_warp_chip(
-                    texture,
+                    # Sampled in float32 whatever the policy, as the renderer does (and where the
+                    # warp's fused CPU kernels apply).
+                    tf.cast(texture, tf.float32),
                     self._mean_landmarks_like(texture),
                     landmarks,
                     self.encoder.aligned_chip_matrix(),
