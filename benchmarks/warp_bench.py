@@ -26,6 +26,9 @@ gradients w.r.t. image and destination points), so both see the same machine loa
 medians and the ratios, and checks that both warps return the same image.
 
     python benchmarks/warp_bench.py --reference_python=/tmp/tfa/bin/python --batch_sizes=16
+
+With --parts, first the forward + backward time of each part of the warp (the fit, the grid
+evaluation per stride, the flow's upsampling, bilinear sampling) at the last batch size.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ flags.DEFINE_integer("num_boundary_points", 4, "Border points per edge count n (
 flags.DEFINE_string(
     "reference_python", None, "Interpreter with TF 2.15 + tensorflow-addons 0.23: time the real reference side by side."
 )
+flags.DEFINE_bool("parts", False, "Also time the warp's parts (fit, grid evaluation, upsampling, sampling).")
 flags.DEFINE_integer("rounds", 5, "With --reference_python: alternating rounds (ours, tfa) per figure.")
 flags.DEFINE_list(
     "reference_variants",
@@ -231,8 +235,53 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
         process.wait(timeout=60)
 
 
+def time_parts(batch, n, strides, runs):
+    """Forward + backward of the warp's parts, each in graph mode on the fused path where it applies:
+    the spline fit, its evaluation on the pixel grid (exact and per stride), the coarse flow's
+    upsampling, and bilinear sampling by a flow."""
+    image, source, dest = [tf.constant(x) for x in _problem(batch, FLAGS.size)]
+    size = FLAGS.size
+
+    def gradient_of(compute, watched):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(watched)
+                loss = tf.add_n([tf.reduce_sum(tf.square(t)) for t in tf.nest.flatten(compute())])
+            return tape.gradient(loss, watched)
+
+        return run
+
+    def fit():
+        return warp._fit_warp(image, source, dest, 1, 0.0, n, None)[1]
+
+    def grid(stride):
+        positions = tf.range(size, dtype=tf.float32) if stride == 1 else warp._flow_grid(size, stride, tf.float32)[0]
+        return lambda: warp.evaluate_spline_on_grid(fit(), positions, positions)
+
+    parts = {"spline fit": gradient_of(lambda: fit()[:3], [dest])}
+    for stride in [1] + strides:
+        parts[f"fit + grid evaluation, stride {stride}"] = gradient_of(grid(stride), [dest])
+    for stride in strides:
+        count = int(warp._flow_grid(size, stride, tf.float32)[0].shape[0])
+        coarse = tf.Variable(tf.random.normal([batch, count, count, 2]))
+        upsample = warp._flow_grid(size, stride, tf.float32)[1]
+        parts[f"flow upsampling, stride {stride}"] = gradient_of(
+            lambda coarse=coarse, upsample=upsample: tf.einsum("hi,bijk,wj->bhwk", upsample, coarse, upsample),
+            [coarse],
+        )
+    flow = tf.Variable(tf.random.normal([batch, size, size, 2]) * 3.0)
+    parts["bilinear sampling by a flow"] = gradient_of(lambda: warp.dense_image_warp(image, flow), [image, flow])
+    print(f"\nparts, forward + backward, batch {batch} (median ms of {runs})")
+    for name, function in parts.items():
+        ms = _median_ms(function, [], runs)
+        print(f"  {name:<38} {ms:8.1f}", flush=True)
+
+
 def main(argv):
     del argv
+    if FLAGS.parts:
+        time_parts(int(FLAGS.batch_sizes[-1]), FLAGS.num_boundary_points, [int(s) for s in FLAGS.strides], FLAGS.runs)
     if FLAGS.reference_python:
         for batch in [int(b) for b in FLAGS.batch_sizes]:
             compare_with_reference(

@@ -67,24 +67,26 @@ def tiny_config(model_dir: str, **overrides) -> TrainConfig:
     return TrainConfig().replace(**settings)
 
 
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX_BF16; Linux /proc/cpuinfo)."""
+def cpu_has_amx_bfloat16() -> bool:
+    """Whether this CPU has AMX bfloat16 tile arithmetic (Linux /proc/cpuinfo flag amx_bf16)."""
     try:
         flags = open("/proc/cpuinfo").read().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def resolve_precision(precision: str) -> str:
-    """ "auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has bfloat16 instructions, where it
-    measured 1.1-1.25x faster per step with losses tracking float32 (benchmarks/train_bench.py,
-    precision_check.py); else float32 (GPUs: not measured here). Other values pass through."""
+    """ "auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has AMX (bfloat16 matrix tiles),
+    else float32. On a CPU with AVX512_BF16 but no AMX, mixed_bfloat16 measured 0.75-0.8x the
+    float32 step (benchmarks/train_bench.py, README "Training"); an earlier session measured it
+    1.1-1.25x faster on a machine of this kind whose CPU flags it did not record (AMX is the likely
+    difference; unverified here). GPUs: not measured. Other values pass through."""
     if precision != "auto":
         return precision
     if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
         return "float32"
-    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    return "mixed_bfloat16" if cpu_has_amx_bfloat16() else "float32"
 
 
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
