@@ -28,9 +28,9 @@ It computes the reference's mathematics (see `interpolate_spline`) with three di
 Speed: for order 1 in float32 on the CPU, the spline's evaluation on a pixel grid and the bilinear
 sampling run as fused C++ kernels (`normalized_faces.kernels`, compiled on first use), which never
 form the [B, H, W, N] distance tensors the TF-ops composition needs; everything else, and every
-case they do not cover (other orders, float64, XLA, `portable_ops()`), composes TF ops. Both paths
-compute the same function and gradient (tests compare them). Exported SavedModels are traced under
-`portable_ops()`, so they load without this package.
+case they do not cover (other orders, float64, XLA, `portable_ops()`, and any tracing by
+`tf.saved_model.save`, so SavedModels load without this package), composes TF ops. Both paths
+compute the same function and gradient (tests compare them).
 
 For more speed, `sparse_image_warp(..., flow_stride=s)` evaluates the spline on a grid s times coarser
 in each direction and upsamples the flow bilinearly; the exact path (`flow_stride=1`) is the
@@ -79,16 +79,23 @@ def portable_ops():
 def _fused_kernels(*tensors):
     """The fused op library if it can compute on these tensors here, else None.
 
-    It covers float32 on the CPU outside XLA (custom ops have no XLA lowering) and outside
-    `portable_ops()`; the library loads (or compiles) on first use.
+    It covers float32 on the CPU outside XLA (custom ops have no XLA lowering), outside
+    `portable_ops()` and outside `tf.saved_model.save`'s tracing (a SavedModel must load without
+    this package); the library loads (or compiles) on first use.
     """
-    if getattr(_portable, "on", False) or any(t.dtype != tf.float32 for t in tensors):
+    if getattr(_portable, "on", False) or _in_save_context() or any(t.dtype != tf.float32 for t in tensors):
         return None
     if tf.config.list_logical_devices("GPU") or _in_xla_context():
         return None
     from normalized_faces import kernels
 
     return kernels.fused_ops()
+
+
+def _in_save_context() -> bool:
+    from tensorflow.python.saved_model import save_context  # no public API tells a SavedModel trace
+
+    return save_context.in_save_context()
 
 
 def _in_xla_context() -> bool:

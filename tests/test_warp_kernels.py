@@ -237,3 +237,35 @@ def test_training_shaped_warp_agrees_on_face_landmarks():
     source = tf.constant(landmarks.random_face_landmarks(rng, 4), tf.float32)
     dest = tf.constant(landmarks.random_face_landmarks(rng, 4), tf.float32)
     _assert_paths_agree(*_assert_as_accurate_as_tf_ops(image, source, dest))
+
+
+def test_saved_models_hold_no_custom_op_even_when_traced_before(tmp_path):
+    """tf.saved_model.save retraces under its save context, where the warp composes TF ops: a
+    SavedModel loads in a process without this package, whatever ran before the save."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    image, source, dest = _problem(batch=1)
+    module = tf.Module()
+    module.render = tf.function(
+        lambda i, s, d: warp.sparse_image_warp(i, s, d)[0],
+        input_signature=[tf.TensorSpec([None, 48, 56, 3]), tf.TensorSpec([None, 12, 2]), tf.TensorSpec([None, 12, 2])],
+    )
+    expected = module.render(image, source, dest)  # traced here, with the fused kernels
+    assert {"NfGridSpline", "NfWarpSample"} <= _op_types(module.render)
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    graph = saved_model_pb2.SavedModel.FromString((tmp_path / "saved" / "saved_model.pb").read_bytes()).meta_graphs[0]
+    types = {node.op for node in graph.graph_def.node}
+    for function in graph.graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    assert not [t for t in types if t.startswith("Nf")], sorted(types)
+    np.save(tmp_path / "inputs.npy", np.stack([image.numpy()[0]]))
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({str(tmp_path / "saved")!r})
+        out = loaded.render(np.load({str(tmp_path / "inputs.npy")!r}), {source.numpy().tolist()!r}, {dest.numpy().tolist()!r})
+        np.save({str(tmp_path / "out.npy")!r}, out.numpy())
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected.numpy(), atol=1e-4)
