@@ -1,7 +1,8 @@
 """The label-free variant (Wang 2019) against the paper's model, on the same LFW people, in one
 resumable command (issue: the thesis's Figs. 4-5 and its ablations 4-7 / 4-8).
 
-    python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--train_steps=3000]
+    python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--wang_steps=3500]
+        [--wang_ablation_steps=500] [--figures_dir=docs/results]
 
 It shares experiments/lfw_result.py's run folder and its stages' bookkeeping (RUN/times.json, skip
 what is done). The paper's model is the one shipped with the package (trained by that command on
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import signal
 
 from absl import app, flags
@@ -29,8 +31,8 @@ flags.DEFINE_integer("output_size", 160, "The variant's output side (thesis: 320
 flags.DEFINE_integer("fc_width", 1024, "Width of its two fully connected layers (thesis: 4800).")
 flags.DEFINE_integer("wang_batch_size", 8, "Its batch size.")
 flags.DEFINE_float("wang_learning_rate", 2e-4, "Its generator's Adam learning rate.")
-flags.DEFINE_integer("wang_steps", 3000, "Steps of the full variant.")
-flags.DEFINE_integer("wang_ablation_steps", 1500, "Steps of each ablation.")
+flags.DEFINE_integer("wang_steps", 3500, "Steps of the full variant.")
+flags.DEFINE_integer("wang_ablation_steps", 500, "Steps of each ablation.")
 
 ABLATIONS = {
     "wang2019": ("Wang 2019", {}),
@@ -169,6 +171,12 @@ def main(argv):
     (run_dir / "wang2019_results.md").write_text(markdown)
     print(markdown)
     print(f"wrote {figure} and {run_dir / 'wang2019_results.md'}")
+    if FLAGS.figures_dir:
+        target = pathlib.Path(FLAGS.figures_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in (figure, run_dir / "wang2019_results.md"):
+            shutil.copy(path, target / path.name)
+        print(f"copied the figure and wang2019_results.md to {target}")
 
 
 if __name__ == "__main__":
