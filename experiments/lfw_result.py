@@ -248,30 +248,36 @@ def _pct(value):
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def cells(figures, pairs=True) -> str:
+    """A results row's figure cells: rank-1 | rank-5 | genuine | impostor (blank without pairs)."""
+    pair_cells = f"{_pct(figures['genuine'])} | {_pct(figures['impostor'])} |" if pairs else " | |"
+    return f"{_pct(figures['rank1'])} | {_pct(figures['rank5'])} | {pair_cells}"
+
+
+def reference_rows(judge: str, judged: dict, blank_columns: int = 0) -> list:
+    """The rows every model is read against: mean-face baseline, the photos' ceiling, chance.
+
+    judged: one model's report for this judge (the baseline and the ceiling do not depend on the
+    model); blank_columns: empty cells after the label (a table with more columns before the figures).
+    """
+    before = "| " * blank_columns
+    rows = []
+    if judged.get("mean_face_baseline"):
+        rows.append(f"| {judge} | mean face (baseline) | {before}{cells(judged['mean_face_baseline'])}")
+    rows.append(f"| {judge} | the photos themselves (ceiling) | {before}{cells(judged['photos_ceiling'], pairs=False)}")
+    rows.append(f"| {judge} | chance | {before}{cells(judged['chance'], pairs=False)}")
+    return rows
+
+
 def results_markdown(reports: dict, data_counts: dict, times: dict) -> str:
     lines = [
         "| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
         "|---|---|---|---|---|---|",
     ]
     for judge in ("dlib_resnet", "facenet"):
-        first = reports["with_identity"]["judges"][judge]
         for name, label in VARIANTS.items():
-            n = reports[name]["judges"][judge]["normalized"]
-            lines.append(
-                f"| {judge} | normalized, {label} | {_pct(n['rank1'])} | {_pct(n['rank5'])} | "
-                f"{_pct(n['genuine'])} | {_pct(n['impostor'])} |"
-            )
-        base = first.get("mean_face_baseline")
-        if base:
-            lines.append(
-                f"| {judge} | mean face (baseline) | {_pct(base['rank1'])} | {_pct(base['rank5'])} | "
-                f"{_pct(base['genuine'])} | {_pct(base['impostor'])} |"
-            )
-        ceiling = first["photos_ceiling"]
-        lines.append(
-            f"| {judge} | the photos themselves (ceiling) | {_pct(ceiling['rank1'])} | {_pct(ceiling['rank5'])} | | |"
-        )
-        lines.append(f"| {judge} | chance | {_pct(first['chance']['rank1'])} | {_pct(first['chance']['rank5'])} | | |")
+            lines.append(f"| {judge} | normalized, {label} | {cells(reports[name]['judges'][judge]['normalized'])}")
+        lines += reference_rows(judge, reports["with_identity"]["judges"][judge])
     first = reports["with_identity"]
     lines += [
         "",

@@ -122,25 +122,11 @@ def table(reports: dict, steps: dict) -> str:
         "| judge | model | training steps | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
         "|---|---|---|---|---|---|---|",
     ]
-    pct = lfw_result._pct
     for judge in ("dlib_resnet", "facenet"):
         for name, report in reports.items():
-            n = report["judges"][judge]["normalized"]
-            lines.append(
-                f"| {judge} | {name} | {steps.get(name, '')} | {pct(n['rank1'])} | {pct(n['rank5'])} | "
-                f"{pct(n['genuine'])} | {pct(n['impostor'])} |"
-            )
-        first = next(iter(reports.values()))["judges"][judge]
-        base = first.get("mean_face_baseline")
-        if base:
-            lines.append(
-                f"| {judge} | mean face (baseline) | | {pct(base['rank1'])} | {pct(base['rank5'])} | "
-                f"{pct(base['genuine'])} | {pct(base['impostor'])} |"
-            )
-        ceiling = first["photos_ceiling"]
-        lines.append(
-            f"| {judge} | the photos themselves (ceiling) | | {pct(ceiling['rank1'])} | {pct(ceiling['rank5'])} | | |"
-        )
+            figures = lfw_result.cells(report["judges"][judge]["normalized"])
+            lines.append(f"| {judge} | {name} | {steps.get(name, '')} | {figures}")
+        lines += lfw_result.reference_rows(judge, next(iter(reports.values()))["judges"][judge], blank_columns=1)
     return "\n".join(lines) + "\n"
 
 

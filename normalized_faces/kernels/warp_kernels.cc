@@ -119,8 +119,16 @@ void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost_per_unit,
 // reduction adds up, so larger blocks mean fewer partials; 8 rows keep enough units for 2+ threads.
 constexpr int64_t kRowsPerBlock = 8;
 
-Status CheckGridInputs(const Tensor& xs, const Tensor& ys, const Tensor& cx, const Tensor& cy, const Tensor& weights,
-                       const Tensor& linear, const Tensor& floor) {
+// The spline's inputs, checked, as sizes and data pointers (both grid ops read the same seven).
+struct GridInputs {
+  int64_t batch, width, height, count, channels;
+  const float *xs, *ys, *cx, *cy, *weights, *linear, *floor;
+};
+
+Status ReadGridInputs(OpKernelContext* context, int first, GridInputs* in) {
+  const Tensor &xs = context->input(first), &ys = context->input(first + 1), &cx = context->input(first + 2),
+               &cy = context->input(first + 3), &weights = context->input(first + 4),
+               &linear = context->input(first + 5), &floor = context->input(first + 6);
   if (xs.dims() != 2 || ys.dims() != 2 || cx.dims() != 2 || cy.dims() != 2 || weights.dims() != 3 ||
       linear.dims() != 3 || floor.dims() != 1) {
     return InvalidArgument(
@@ -137,6 +145,18 @@ Status CheckGridInputs(const Tensor& xs, const Tensor& ys, const Tensor& cx, con
   if (linear.dim_size(1) != 3 || linear.dim_size(2) != weights.dim_size(2)) {
     return InvalidArgument("NfGridSpline: linear must be [B, 3, K] with the weights' K");
   }
+  *in = {batch,
+         xs.dim_size(1),
+         ys.dim_size(1),
+         cx.dim_size(1),
+         weights.dim_size(2),
+         xs.flat<float>().data(),
+         ys.flat<float>().data(),
+         cx.flat<float>().data(),
+         cy.flat<float>().data(),
+         weights.flat<float>().data(),
+         linear.flat<float>().data(),
+         floor.flat<float>().data()};
   return ::tensorflow::OkStatus();
 }
 
@@ -145,21 +165,12 @@ class GridSplineOp : public OpKernel {
   explicit GridSplineOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor &xs = context->input(0), &ys = context->input(1), &cx = context->input(2), &cy = context->input(3),
-                 &weights = context->input(4), &linear = context->input(5), &floor = context->input(6);
-    OP_REQUIRES_OK(context, CheckGridInputs(xs, ys, cx, cy, weights, linear, floor));
-    const int64_t batch = xs.dim_size(0), width = xs.dim_size(1), height = ys.dim_size(1), count = cx.dim_size(1),
-                  channels = weights.dim_size(2);
+    GridInputs in;
+    OP_REQUIRES_OK(context, ReadGridInputs(context, 0, &in));
+    const int64_t batch = in.batch, width = in.width, height = in.height, count = in.count, channels = in.channels;
     Tensor* output = nullptr;
     OP_REQUIRES_OK(context,
                    context->allocate_output(0, TensorShape({batch, height, width, channels}), &output));
-    const float* xs_data = xs.flat<float>().data();
-    const float* ys_data = ys.flat<float>().data();
-    const float* cx_data = cx.flat<float>().data();
-    const float* cy_data = cy.flat<float>().data();
-    const float* weights_data = weights.flat<float>().data();
-    const float* linear_data = linear.flat<float>().data();
-    const float* floor_data = floor.flat<float>().data();
     float* out = output->flat<float>().data();
 
     auto rows = [&](int64_t begin, int64_t end) {
@@ -167,21 +178,21 @@ class GridSplineOp : public OpKernel {
       std::vector<float> distance(width), sums(channels * width);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / height, h = row % height;
-        const float* x = xs_data + b * width;
-        const float y = ys_data[b * height + h];
-        const float lowest = floor_data[b];
-        const float* lin = linear_data + b * 3 * channels;
+        const float* x = in.xs + b * width;
+        const float y = in.ys[b * height + h];
+        const float lowest = in.floor[b];
+        const float* lin = in.linear + b * 3 * channels;
         for (int64_t k = 0; k < channels; ++k) {
           float* sum = sums.data() + k * width;
           const float slope = lin[k], offset = lin[channels + k] * y + lin[2 * channels + k];
           for (int64_t w = 0; w < width; ++w) sum[w] = slope * x[w] + offset;
         }
         for (int64_t n = 0; n < count; ++n) {
-          const float centre_x = cx_data[b * count + n];
-          const float dy = y - cy_data[b * count + n];
+          const float centre_x = in.cx[b * count + n];
+          const float dy = y - in.cy[b * count + n];
           const float dy2 = dy * dy;
           if (channels == 2) {  // the flow's case, in one pass
-            const float wx = weights_data[(b * count + n) * 2], wy = weights_data[(b * count + n) * 2 + 1];
+            const float wx = in.weights[(b * count + n) * 2], wy = in.weights[(b * count + n) * 2 + 1];
             float* sum_x = sums.data();
             float* sum_y = sums.data() + width;
 #pragma omp simd
@@ -199,7 +210,7 @@ class GridSplineOp : public OpKernel {
             distance[w] = std::sqrt(std::max(dx * dx + dy2, lowest));
           }
           for (int64_t k = 0; k < channels; ++k) {
-            const float weight = weights_data[(b * count + n) * channels + k];
+            const float weight = in.weights[(b * count + n) * channels + k];
             float* sum = sums.data() + k * width;
 #pragma omp simd
             for (int64_t w = 0; w < width; ++w) sum[w] += weight * distance[w];
@@ -219,24 +230,22 @@ class GridSplineGradOp : public OpKernel {
   explicit GridSplineGradOp(OpKernelConstruction* context) : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor &grad = context->input(0), &xs = context->input(1), &ys = context->input(2), &cx = context->input(3),
-                 &cy = context->input(4), &weights = context->input(5), &linear = context->input(6),
-                 &floor = context->input(7);
-    OP_REQUIRES_OK(context, CheckGridInputs(xs, ys, cx, cy, weights, linear, floor));
-    const int64_t batch = xs.dim_size(0), width = xs.dim_size(1), height = ys.dim_size(1), count = cx.dim_size(1),
-                  channels = weights.dim_size(2);
+    const Tensor& grad = context->input(0);
+    GridInputs in;
+    OP_REQUIRES_OK(context, ReadGridInputs(context, 1, &in));
+    const int64_t batch = in.batch, width = in.width, height = in.height, count = in.count, channels = in.channels;
     OP_REQUIRES(context,
                 grad.dims() == 4 && grad.dim_size(0) == batch && grad.dim_size(1) == height &&
                     grad.dim_size(2) == width && grad.dim_size(3) == channels,
                 InvalidArgument("NfGridSplineGrad: grad must be [B, H, W, K] = [", batch, ", ", height, ", ", width,
                                 ", ", channels, "]"));
-    Tensor *grad_xs, *grad_ys, *grad_cx, *grad_cy, *grad_weights, *grad_linear;
-    OP_REQUIRES_OK(context, context->allocate_output(0, xs.shape(), &grad_xs));
-    OP_REQUIRES_OK(context, context->allocate_output(1, ys.shape(), &grad_ys));
-    OP_REQUIRES_OK(context, context->allocate_output(2, cx.shape(), &grad_cx));
-    OP_REQUIRES_OK(context, context->allocate_output(3, cy.shape(), &grad_cy));
-    OP_REQUIRES_OK(context, context->allocate_output(4, weights.shape(), &grad_weights));
-    OP_REQUIRES_OK(context, context->allocate_output(5, linear.shape(), &grad_linear));
+    // Each gradient has its input's shape (inputs 1..6 of this op).
+    Tensor* grads[6];
+    for (int i = 0; i < 6; ++i) {
+      OP_REQUIRES_OK(context, context->allocate_output(i, context->input(i + 1).shape(), &grads[i]));
+    }
+    Tensor *grad_xs = grads[0], *grad_ys = grads[1], *grad_cx = grads[2], *grad_cy = grads[3], *grad_weights = grads[4],
+           *grad_linear = grads[5];
 
     // Each block of rows writes its own partial sums of the per-image gradients (xs, centres,
     // weights, linear); a second pass adds them up per image, so no two threads write the same
@@ -250,13 +259,6 @@ class GridSplineGradOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_FLOAT,
                                                    TensorShape({batch, blocks_per_image, per_block}), &partial_params));
     const float* grad_data = grad.flat<float>().data();
-    const float* xs_data = xs.flat<float>().data();
-    const float* ys_data = ys.flat<float>().data();
-    const float* cx_data = cx.flat<float>().data();
-    const float* cy_data = cy.flat<float>().data();
-    const float* weights_data = weights.flat<float>().data();
-    const float* linear_data = linear.flat<float>().data();
-    const float* floor_data = floor.flat<float>().data();
     float* partial_xs_data = partial_xs.flat<float>().data();
     float* partial_params_data = partial_params.flat<float>().data();
     float* grad_ys_data = grad_ys->flat<float>().data();
@@ -265,9 +267,9 @@ class GridSplineGradOp : public OpKernel {
       std::vector<float> upstream(channels * width), weighted(width), distance(width);
       for (int64_t unit = begin; unit < end; ++unit) {
         const int64_t b = unit / blocks_per_image, block = unit % blocks_per_image;
-        const float* x = xs_data + b * width;
-        const float lowest = floor_data[b];
-        const float* lin = linear_data + b * 3 * channels;
+        const float* x = in.xs + b * width;
+        const float lowest = in.floor[b];
+        const float* lin = in.linear + b * 3 * channels;
         float* dxs = partial_xs_data + unit * width;
         float* dparams = partial_params_data + unit * per_block;
         float* dlinear = dparams + count * per_centre;
@@ -275,7 +277,7 @@ class GridSplineGradOp : public OpKernel {
         std::fill(dparams, dparams + per_block, 0.0f);
         const int64_t h_end = std::min(height, (block + 1) * kRowsPerBlock);
         for (int64_t h = block * kRowsPerBlock; h < h_end; ++h) {
-          const float y = ys_data[b * height + h];
+          const float y = in.ys[b * height + h];
           const float* g = grad_data + (b * height + h) * width * channels;
           for (int64_t w = 0; w < width; ++w)
             for (int64_t k = 0; k < channels; ++k) upstream[k * width + w] = g[w * channels + k];
@@ -298,10 +300,10 @@ class GridSplineGradOp : public OpKernel {
             dys += lin[channels + k] * sum;
           }
           for (int64_t n = 0; n < count; ++n) {
-            const float centre_x = cx_data[b * count + n];
-            const float dy = y - cy_data[b * count + n];
+            const float centre_x = in.cx[b * count + n];
+            const float dy = y - in.cy[b * count + n];
             const float dy2 = dy * dy;
-            const float* weight = weights_data + (b * count + n) * channels;
+            const float* weight = in.weights + (b * count + n) * channels;
             float* dcentre = dparams + n * per_centre;  // cx, cy, weights[k]
             float sum_t = 0.0f, sum_t_dx = 0.0f;
             if (channels == 2) {
