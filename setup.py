@@ -24,6 +24,9 @@ setup(
             "samples/*.jpg",
             "samples/*.md",
             "kernels/*.cc",  # compiled on first use (normalized_faces/kernels)
+            "face3d/sfm/*.npz",  # the Surrey Face Model, vendored from eos (face3d/sfm/PROVENANCE.md)
+            "face3d/sfm/*.txt",
+            "face3d/sfm/*.md",
         ]
     },
     packages=find_packages(
@@ -47,7 +50,8 @@ setup(
         "apache-beam[tfrecord]>=2.55",  # the extra brings the CRC library WriteToTFRecord needs
     ],
     extras_require={
-        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.6"],
+        # eos-py: the reference the 3-D fit is checked against (tests only; the package reads its own copy of the model).
+        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.6", "eos-py==1.5.0"],
         "and-cuda": ["tensorflow[and-cuda]>=2.16,<3"],
     },
     entry_points={

@@ -9,6 +9,11 @@ manifest's landmarks), aligned exactly as in data prep, and normalized. Writes o
 (<photo>.png, or <photo>_face<i>.png for photos with several) and grid.png (a row per face: aligned
 input | normalized face); photos sharing a file name get their folder's name in front.
 --adjust_colors also writes <photo>_adjusted.png, the paper's automatic photo adjustment.
+--mesh also writes a 3-D face per face (the paper's Sec. 7.3): the Surrey Face Model fitted to the
+normalized face's landmarks and coloured from it, as <photo>.obj (+ .mtl, <photo>_texture.png),
+<photo>.ply (vertex colours) and <photo>_turntable.png (photo | normalized face | views at yaw -45..45),
+and turntables.png with every face's row;
+--neutral_mesh zeroes the fitted expression in the mesh.
 Unreadable photos and photos without a face get a line each and the rest go on; the exit code is
 1 if any photo failed, else 0.
 """
@@ -45,6 +50,12 @@ def define_flags():
         False,
         "Also write each photo colour-corrected from its normalized face (paper, sec. on photo adjustment).",
     )
+    flags.DEFINE_bool(
+        "mesh",
+        False,
+        "Also write a textured 3-D face per face: .obj/.mtl/_texture.png, .ply and a _turntable.png (see the README).",
+    )
+    flags.DEFINE_bool("neutral_mesh", False, "With --mesh: zero the fitted expression blendshapes (a neutral mesh).")
     flags.DEFINE_bool("save_aligned", False, "Also write the aligned 224 x 224 input crops (<photo>_aligned.png).")
     flags.DEFINE_enum(
         "detector",
@@ -137,6 +148,8 @@ def run(
     batch_size=16,
     report=print,
     items=(),
+    mesh=False,
+    neutral_mesh=False,
 ) -> int:
     """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize
@@ -155,7 +168,10 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     results = normalize(model, faces_found, batch_size) if faces_found else []
     rows, labels = [], []
-    for found, name, result in zip(faces_found, output_names(faces_found), results):
+    names = output_names(faces_found)
+    if mesh and results:
+        failed += write_meshes(faces_found, names, results, output_dir, neutral_mesh, report)
+    for found, name, result in zip(faces_found, names, results):
         normalized = result["normalized_face"]
         visualize.write_png(output_dir / f"{name}.png", normalized)
         if save_aligned:
@@ -177,6 +193,37 @@ def run(
     return 1 if failed else 0
 
 
+def write_meshes(faces_found, names, results, output_dir, neutral, report) -> list:
+    """Fits, colours and writes each face's mesh and turntable; a face whose landmarks cannot be
+    fitted gets a line and the others go on. Returns the photos that failed."""
+    import cv2
+
+    from normalized_faces import visualize
+    from normalized_faces.face3d import DegenerateLandmarks, FaceMeshBuilder
+
+    builder = FaceMeshBuilder(neutral=neutral)
+    failed, rows = [], []
+    for found, name, result in zip(faces_found, names, results):
+        try:
+            (face_mesh,) = builder(result["normalized_face"][None], result["landmarks"][None])
+        except DegenerateLandmarks as error:
+            report(f"{found.photo_path}: cannot fit a 3-D face to face {found.index}: {error}")
+            failed.append(found.photo_path)
+            continue
+        face_mesh.write(output_dir / name)
+        size = result["normalized_face"].shape[0]
+        aligned = found.aligned.image
+        if aligned.shape[0] != size:  # a model whose output side differs from its input's
+            aligned = cv2.resize(aligned, (size, size), interpolation=cv2.INTER_AREA)
+        views = [aligned, result["normalized_face"], *face_mesh.turntable(size=size)]
+        titles = ["photo (aligned)", "normalized", "-45", "-22.5", "0", "22.5", "45 degrees"]
+        visualize.write_png(output_dir / f"{name}_turntable.png", visualize.image_grid([views], column_titles=titles))
+        rows.append(views)
+    if rows:
+        visualize.write_png(output_dir / "turntables.png", visualize.image_grid(rows, column_titles=titles))
+    return failed
+
+
 def main(argv):
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
@@ -193,6 +240,8 @@ def main(argv):
             FLAGS.save_aligned,
             FLAGS.detector,
             FLAGS.batch_size,
+            mesh=FLAGS.mesh,
+            neutral_mesh=FLAGS.neutral_mesh,
         )
     )
 
