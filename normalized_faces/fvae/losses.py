@@ -1,0 +1,69 @@
+"""The flow VAE's losses (Yeh et al., "Semantic Facial Expression Editing using Autoencoded Flow").
+
+Pure functions of tensors: images [B, H, W, C] in [-1, 1], flows [B, H, W, 2] (x, y) in normalized
+coordinates (a displacement of 1 is half the image side), latents [B, h, w, D]. Each term is a sum
+over an example's values, averaged over the batch, so the paper's weights (lambda1 = 0.003 on the
+KL term, lambda2 = 0.001 on the coherence term) are set against a summed reconstruction error.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+COHERENCE_WINDOW = 7  # the flow coherence's neighbourhood, 7 x 7
+
+
+def reconstruction_loss(target, output):
+    """L2: sum of squared differences per example, batch mean."""
+    return tf.reduce_mean(tf.reduce_sum(tf.square(target - output), axis=[1, 2, 3]))
+
+
+def kl_divergence(mean, log_variance):
+    """KL(N(mean, exp(log_variance)) || N(0, 1)), summed over the latent, batch mean."""
+    terms = -0.5 * (1.0 + log_variance - tf.square(mean) - tf.exp(log_variance))
+    return tf.reduce_mean(tf.reduce_sum(terms, axis=list(range(1, len(mean.shape)))))
+
+
+def coherence_loss(flow, target, alpha, window: int = COHERENCE_WINDOW):
+    """sum over pixel pairs (i, j) within a window x window neighbourhood of
+    |F_i - F_j|^2 exp(-(alpha |T_i - T_j|^2 + |i - j|^2)), per example, batch mean.
+
+    Each unordered pair counts twice (as (i, j) and (j, i)), as the paper's sum over i and its
+    neighbours j. Distances |i - j| in pixels; `target` T the image the flow must reproduce, so the
+    flow may change where T has an edge."""
+    radius = window // 2
+    height, width = tf.shape(flow)[1], tf.shape(flow)[2]
+    total = 0.0
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy == 0 and dx == 0:
+                continue
+            # Pixel i in [max(0, -d), size - max(0, d)), its neighbour j = i + d.
+            y0, y1 = max(0, -dy), height - max(0, dy)
+            x0, x1 = max(0, -dx), width - max(0, dx)
+            flow_i, flow_j = flow[:, y0:y1, x0:x1], flow[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            target_i, target_j = target[:, y0:y1, x0:x1], target[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            weight = tf.exp(-(alpha * tf.reduce_sum(tf.square(target_i - target_j), -1) + float(dy * dy + dx * dx)))
+            total += tf.reduce_sum(weight * tf.reduce_sum(tf.square(flow_i - flow_j), -1), axis=[1, 2])
+    return tf.reduce_mean(total)
+
+
+def mask_target(target, output, beta):
+    """The confidence mask's target y = exp(-|T - g(S, Z)|^2 / beta) per pixel: [B, H, W, 1]."""
+    return tf.exp(-tf.reduce_sum(tf.square(target - output), axis=-1, keepdims=True) / beta)
+
+
+def mask_loss(mask, target_confidence):
+    """Per-pixel binary cross-entropy of the mask towards y, mean over pixels and batch."""
+    epsilon = 1e-6
+    mask = tf.clip_by_value(mask, epsilon, 1.0 - epsilon)
+    return -tf.reduce_mean(target_confidence * tf.math.log(mask) + (1.0 - target_confidence) * tf.math.log(1.0 - mask))
+
+
+def blend_weights(masks):
+    """Normalized confidence masks for blending K warped photos (Algorithm 2): [K, B, H, W, 1] ->
+    weights summing to one at every pixel (equal where every mask is zero)."""
+    masks = tf.convert_to_tensor(masks)
+    total = tf.reduce_sum(masks, axis=0, keepdims=True)
+    count = tf.cast(tf.shape(masks)[0], masks.dtype)
+    return tf.where(total > 0, masks / tf.maximum(total, 1e-12), tf.ones_like(masks) / count)

@@ -1,0 +1,257 @@
+"""The flow VAE (Yeh et al., Sec. 3, Fig. 3, Sec. 5.3-5.4): expression editing by a predicted flow
+that moves the source photo's own pixels.
+
+  T [B, 128, 128, 3] -> encoder f -> Z ~ N(mean, exp(log_variance)), mean and log-variance [B, 4, 4, 1024]
+  S -> source encoder (the same stages) -> features at 128, 64, 32, 16, 8, 4
+  (Z, S's features) -> decoder g: at each scale nearest-neighbour 2x upsampling, a conv, S's
+      features concatenated, a conv; a 5 x 5 conv and tanh -> flow [B, 128, 128, 2] (x, y),
+      normalized coordinates (1 = half the image side)
+  output = S sampled at (pixel + flow) by the project's bilinear sampler (warp.dense_image_warp)
+
+Convolutions 3 x 3 except the first and the last (5 x 5); ReLU; batch norm except in the last two
+layers; weights from a truncated normal with std 0.01. Channels double as the size halves, from
+`base_channels` at 128 (32: 1,024 at 4 x 4, the paper's latent). `output_kind="rgb"` makes the same
+network predict the image directly: the paper's VAE baseline. The confidence mask M(S, Z) is a
+second decoder with one sigmoid channel, trained afterwards (losses.mask_target).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from normalized_faces import warp
+from normalized_faces.fvae import losses
+
+IMAGE_SIZE = 128
+LATENT_SIZE = 4
+OUTPUT_KINDS = ("flow", "rgb", "mask")
+
+
+def _init():
+    return keras.initializers.TruncatedNormal(stddev=0.01)
+
+
+def _conv(channels, kernel=3, strides=1, name=None):
+    return keras.layers.Conv2D(channels, kernel, strides, padding="same", kernel_initializer=_init(), name=name)
+
+
+def _stage_channels(base_channels: int) -> list:
+    """Channels at 128, 64, 32, 16, 8, 4."""
+    return [base_channels * 2**i for i in range(6)]
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class ImageEncoder(keras.layers.Layer):
+    """The encoder's stages: a 5 x 5 conv at 128, then stride-2 3 x 3 convs down to 4 x 4, each with
+    batch norm and ReLU. Returns the features of every stage, finest first."""
+
+    def __init__(self, base_channels=32, **kwargs):
+        super().__init__(**kwargs)
+        self.base_channels = int(base_channels)
+        channels = _stage_channels(self.base_channels)
+        self.convs = [_conv(channels[0], 5, name="conv_128")] + [
+            _conv(c, 3, 2, name=f"conv_{IMAGE_SIZE >> (i + 1)}") for i, c in enumerate(channels[1:])
+        ]
+        self.norms = [keras.layers.BatchNormalization(name=f"norm_{i}") for i in range(len(self.convs))]
+
+    def call(self, images, training=False):
+        features, x = [], images
+        for conv, norm in zip(self.convs, self.norms):
+            x = tf.nn.relu(norm(conv(x), training=training))
+            features.append(x)
+        return features
+
+    def get_config(self):
+        return {**super().get_config(), "base_channels": self.base_channels}
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class FlowDecoder(keras.layers.Layer):
+    """g(S, Z): from the latent (with S's 4 x 4 features) up to 128 x 128, S's features joined at
+    every scale. output_kind: "flow" (2 channels, tanh), "rgb" (3, tanh), "mask" (1, sigmoid)."""
+
+    def __init__(self, base_channels=32, output_kind="flow", **kwargs):
+        super().__init__(**kwargs)
+        if output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+        self.base_channels, self.output_kind = int(base_channels), output_kind
+        channels = _stage_channels(self.base_channels)
+        self.bottom = _conv(channels[-1], name="bottom")
+        self.bottom_norm = keras.layers.BatchNormalization(name="bottom_norm")
+        self.ups, self.merges, self.up_norms, self.merge_norms = [], [], [], []
+        for i, c in enumerate(reversed(channels[:-1])):  # 8, 16, 32, 64, 128
+            size = LATENT_SIZE << (i + 1)
+            self.ups.append(_conv(c, name=f"up_{size}"))
+            self.merges.append(_conv(c, name=f"merge_{size}"))
+            self.up_norms.append(keras.layers.BatchNormalization(name=f"up_norm_{size}"))
+            self.merge_norms.append(keras.layers.BatchNormalization(name=f"merge_norm_{size}"))
+        # The last two layers: no batch norm.
+        self.penultimate = _conv(channels[0], name="penultimate")
+        self.out = _conv({"flow": 2, "rgb": 3, "mask": 1}[output_kind], 5, name="out")
+
+    def call(self, latent, source_features, training=False):
+        x = tf.concat([latent, source_features[-1]], axis=-1)
+        x = tf.nn.relu(self.bottom_norm(self.bottom(x), training=training))
+        for up, merge, up_norm, merge_norm, skip in zip(
+            self.ups, self.merges, self.up_norms, self.merge_norms, reversed(source_features[:-1])
+        ):
+            x = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
+            x = tf.nn.relu(up_norm(up(x), training=training))
+            x = tf.nn.relu(merge_norm(merge(tf.concat([x, skip], axis=-1)), training=training))
+        x = self.out(tf.nn.relu(self.penultimate(x)))
+        return tf.sigmoid(x) if self.output_kind == "mask" else tf.tanh(x)
+
+    def get_config(self):
+        return {**super().get_config(), "base_channels": self.base_channels, "output_kind": self.output_kind}
+
+
+def apply_flow(source, flow):
+    """source [B, H, W, C] sampled at (pixel + flow * (side - 1) / 2): flow [B, H, W, 2] (x, y) in
+    normalized coordinates. The project's sampler (warp.dense_image_warp samples at pixel - its flow)."""
+    size = tf.cast(tf.shape(source)[1:3], flow.dtype)
+    scale = tf.stack([(size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0])
+    return warp.dense_image_warp(source, -flow * scale)
+
+
+def upsample_flow(flow, height: int, width: int):
+    """A normalized-coordinate flow at any resolution (Sec. 4.3): resized bilinearly; being
+    normalized, its values need no rescaling."""
+    return tf.image.resize(flow, [height, width], method="bilinear")
+
+
+def sample_latent(mean, log_variance, seed=None):
+    """The reparameterization: mean + exp(log_variance / 2) * N(0, 1)."""
+    noise = tf.random.normal(tf.shape(mean), dtype=mean.dtype, seed=seed)
+    return mean + tf.exp(0.5 * log_variance) * noise
+
+
+def edit_latents(latent, source_mean, target_mean, steps: int):
+    """Algorithm 1: Z_i = Z(S) + i / K (Z_target - Z_source) for i = 1..K.
+
+    Args:
+      latent: [B, h, w, D] the photo's latent; source_mean, target_mean: [h, w, D] the mean latents
+        of training photos with the photo's expression label and with the wanted one.
+
+    Returns:
+      [K, B, h, w, D]: the K steps, the last one the full edit.
+    """
+    direction = tf.convert_to_tensor(target_mean, latent.dtype) - tf.convert_to_tensor(source_mean, latent.dtype)
+    fractions = tf.range(1, steps + 1, dtype=latent.dtype) / float(steps)
+    return latent[None] + fractions[:, None, None, None, None] * direction[None, None]
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
+class FlowVAE(keras.Model):
+    """f, g and the confidence mask M, trained on (source, target) pairs of one person's photos.
+
+    Batches: {"source": S, "target": T} [B, 128, 128, 3] in [-1, 1]. train_step minimizes
+    reconstruction + kl_weight * KL + coherence_weight * coherence (losses.py); with
+    `train_mask=True` (the second phase) only M learns, towards losses.mask_target.
+    """
+
+    def __init__(
+        self,
+        base_channels=32,
+        output_kind="flow",
+        kl_weight=0.003,
+        coherence_weight=0.001,
+        coherence_alpha=10.0,
+        mask_beta=0.1,
+        train_mask=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if output_kind not in ("flow", "rgb"):
+            raise ValueError(f"output_kind must be flow (the flow VAE) or rgb (the VAE baseline), got {output_kind!r}")
+        self.base_channels, self.output_kind = int(base_channels), output_kind
+        self.kl_weight, self.coherence_weight = float(kl_weight), float(coherence_weight)
+        self.coherence_alpha, self.mask_beta = float(coherence_alpha), float(mask_beta)
+        self.train_mask = bool(train_mask)
+        channels = _stage_channels(self.base_channels)[-1]
+        self.target_encoder = ImageEncoder(self.base_channels, name="target_encoder")
+        self.to_mean = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=_init(), name="to_mean")
+        self.to_log_variance = keras.layers.Conv2D(
+            channels, 3, padding="same", kernel_initializer=_init(), name="to_log_variance"
+        )
+        self.source_encoder = ImageEncoder(self.base_channels, name="source_encoder")
+        self.decoder = FlowDecoder(self.base_channels, output_kind, name="decoder")
+        self.mask_decoder = FlowDecoder(self.base_channels, "mask", name="mask_decoder")
+        names = ("loss", "reconstruction_loss", "kl_loss", "coherence_loss", "mask_loss")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def encode(self, target, training=False):
+        """(mean, log_variance) of Z for target photos."""
+        features = self.target_encoder(target, training=training)[-1]
+        return self.to_mean(features), self.to_log_variance(features)
+
+    def decode(self, source, latent, training=False):
+        """{"output": g(S, Z), "flow" (flow model only), "mask": M(S, Z)} for source photos and latents."""
+        features = self.source_encoder(source, training=training)
+        predicted = self.decoder(latent, features, training=training)
+        out = {"mask": self.mask_decoder(tf.stop_gradient(latent), [tf.stop_gradient(f) for f in features])}
+        if self.output_kind == "flow":
+            out.update(flow=predicted, output=apply_flow(source, predicted))
+        else:
+            out["output"] = predicted
+        return out
+
+    def call(self, inputs, training=False):
+        mean, log_variance = self.encode(inputs["target"], training=training)
+        latent = sample_latent(mean, log_variance) if training else mean
+        return {**self.decode(inputs["source"], latent, training=training), "mean": mean, "log_variance": log_variance}
+
+    def losses_for(self, batch, training=False):
+        out = self(batch, training=training)
+        target = batch["target"]
+        terms = {
+            "reconstruction_loss": losses.reconstruction_loss(target, out["output"]),
+            "kl_loss": losses.kl_divergence(out["mean"], out["log_variance"]),
+        }
+        terms["loss"] = terms["reconstruction_loss"] + self.kl_weight * terms["kl_loss"]
+        if self.output_kind == "flow" and self.coherence_weight > 0:
+            terms["coherence_loss"] = losses.coherence_loss(out["flow"], target, self.coherence_alpha)
+            terms["loss"] += self.coherence_weight * terms["coherence_loss"]
+        confidence = losses.mask_target(target, tf.stop_gradient(out["output"]), self.mask_beta)
+        terms["mask_loss"] = losses.mask_loss(out["mask"], confidence)
+        return terms
+
+    def trained_variables(self):
+        """The second phase trains only the mask decoder; the first everything else."""
+        mask_variables = {id(v) for v in self.mask_decoder.trainable_variables}
+        if self.train_mask:
+            return self.mask_decoder.trainable_variables
+        return [v for v in self.trainable_variables if id(v) not in mask_variables]
+
+    def train_step(self, batch):
+        variables = self.trained_variables()
+        with tf.GradientTape() as tape:
+            terms = self.losses_for(batch, training=True)
+            objective = terms["mask_loss"] if self.train_mask else terms["loss"]
+        gradients = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items() if name in terms}
+
+    def test_step(self, batch):
+        terms = self.losses_for(batch, training=False)
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items() if name in terms}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "base_channels": self.base_channels,
+            "output_kind": self.output_kind,
+            "kl_weight": self.kl_weight,
+            "coherence_weight": self.coherence_weight,
+            "coherence_alpha": self.coherence_alpha,
+            "mask_beta": self.mask_beta,
+            "train_mask": self.train_mask,
+        }
