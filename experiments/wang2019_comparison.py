@@ -1,7 +1,7 @@
 """The label-free variant (Wang 2019) against the paper's model, on the same LFW people, in one
 resumable command (issue: the thesis's Figs. 4-5 and its ablations 4-7 / 4-8).
 
-    python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--wang_steps=3500]
+    python -m experiments.wang2019_comparison --run_dir=runs/lfw_result [--wang_steps=2500]
         [--wang_ablation_steps=500] [--figures_dir=docs/results]
 
 It shares experiments/lfw_result.py's run folder and its stages' bookkeeping (RUN/times.json, skip
@@ -31,7 +31,7 @@ flags.DEFINE_integer("output_size", 160, "The variant's output side (thesis: 320
 flags.DEFINE_integer("fc_width", 1024, "Width of its two fully connected layers (thesis: 4800).")
 flags.DEFINE_integer("wang_batch_size", 8, "Its batch size.")
 flags.DEFINE_float("wang_learning_rate", 2e-4, "Its generator's Adam learning rate.")
-flags.DEFINE_integer("wang_steps", 3500, "Steps of the full variant.")
+flags.DEFINE_integer("wang_steps", 2500, "Steps of the full variant.")
 flags.DEFINE_integer("wang_ablation_steps", 500, "Steps of each ablation.")
 
 ABLATIONS = {

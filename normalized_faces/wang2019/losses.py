@@ -103,13 +103,14 @@ def canonical_reliable_points(size, interocular=lm.INTEROCULAR_DISTANCE):
     return lm.template_landmarks(size, interocular)[list(RELIABLE_LANDMARKS)].astype(np.float32)
 
 
-def masked_texture_loss(input_image, output_image, input_points, output_points, mask, canonical):
+def masked_texture_loss(input_image, output_image, input_points, output_points, mask, canonical, mask_gradient=False):
     """sum of W* |I* - O*| over each image's pixels and channels, averaged over the batch: the input
     and the output each warped (spline warp, phi(r) = r) so that their 14 reliable landmarks land on
     `canonical` [14, 2]; the mask is warped with the output (it lives in the output's frame).
 
     A sum, as the thesis writes it, and not a mean: the other terms' weights (160 for the geometry,
-    1 for the rest) are set against a sum. With a mean (1/76,800 of it at 160 px) the landmark terms
+    1 for the rest) are set against a sum. mask_gradient: whether the weighting W gets this term's
+    gradient (see below). With a mean (1/76,800 of it at 160 px) the landmark terms
     dominated, and their gradients through the regressor drove a tiny model's output to saturated
     colours within 100 steps."""
     index = list(RELIABLE_LANDMARKS)
@@ -122,8 +123,11 @@ def masked_texture_loss(input_image, output_image, input_points, output_points, 
     aligned_input = to_canonical(tf.cast(input_image, tf.float32), input_points)
     aligned_output_and_mask = to_canonical(tf.concat([output_image, mask], axis=-1), output_points)
     aligned_output, aligned_mask = aligned_output_and_mask[..., :-1], aligned_output_and_mask[..., -1:]
-    # The mask weights where pixels are compared; its own gradient from this term is stopped: taken
-    # literally, W * |I* - O*| is smallest at W = 0 (an all-white output), and on the tiny config
-    # the mask went there within 150 steps. The mask still learns through O* = W F_N + (1 - W) white.
-    weight = tf.stop_gradient(aligned_mask)
+    # The mask weights where pixels are compared. Taken literally (mask_gradient=True) W * |I* - O*|
+    # is smallest at W = 0, an all-white output: this is what whitens the background, where the
+    # photo cannot be predicted from identity, and only the identity and landmark terms hold the face
+    # against it (with their thesis weights the tiny config went all white within 150 steps).
+    # Stopped, the mask learns only through O* = W F_N + (1 - W) white, which asks it to show the
+    # photo's background rather than whiten it.
+    weight = aligned_mask if mask_gradient else tf.stop_gradient(aligned_mask)
     return tf.reduce_mean(tf.reduce_sum(weight * tf.abs(aligned_input - aligned_output), axis=[1, 2, 3]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from normalized_faces import landmark_regressor  # noqa: F401  registers LandmarkRegressor: from_config needs it
 from normalized_faces import landmarks as lm
 from normalized_faces.model import RebuildsForInference, deserialize_parts
 from normalized_faces.wang2019 import losses
@@ -245,7 +246,8 @@ class WangModel(RebuildsForInference, keras.Model):
       output_size, fc_width: WangGenerator's.
       image_size: S, the aligned input's side.
       texture_weight, landmark_weight, mask_weight, identity_weight, gan_weight: the loss weights
-        (0 switches a term off: the thesis's ablations); mask_power: p of mean(W^p).
+        (0 switches a term off: the thesis's ablations); mask_power: p of mean(W^p);
+      texture_mask_gradient: whether the texture term's weighting W gets its gradient (losses.py).
       discriminator_every: one discriminator update per this many generator updates (thesis: 4).
       discriminator_learning_rate: Adam's rate for the discriminator.
     """
@@ -263,6 +265,7 @@ class WangModel(RebuildsForInference, keras.Model):
         identity_weight=1.0,
         gan_weight=1.0,
         mask_power=1.0,
+        texture_mask_gradient=False,
         discriminator_every=4,
         discriminator_learning_rate=1e-4,
         **kwargs,
@@ -282,6 +285,7 @@ class WangModel(RebuildsForInference, keras.Model):
             "gan": float(gan_weight),
         }
         self.mask_power = float(mask_power)
+        self.texture_mask_gradient = bool(texture_mask_gradient)
         self.discriminator_every = int(discriminator_every)
         self.discriminator_learning_rate = float(discriminator_learning_rate)
         self.discriminator_optimizer = keras.optimizers.Adam(self.discriminator_learning_rate, beta_1=0.5)
@@ -349,7 +353,7 @@ class WangModel(RebuildsForInference, keras.Model):
         w = self.weights_by_term
         terms = {
             "texture_loss": losses.masked_texture_loss(
-                photo, out["face"], photo_points, face_points, out["mask"], self.canonical
+                photo, out["face"], photo_points, face_points, out["mask"], self.canonical, self.texture_mask_gradient
             ),
             "landmark_loss": losses.landmark_loss(photo_points, face_points, size),
             "mask_loss": losses.mask_loss(out["mask"], self.mask_power),
@@ -427,6 +431,7 @@ class WangModel(RebuildsForInference, keras.Model):
             "image_size": self.image_size,
             **{f"{term}_weight": weight for term, weight in self.weights_by_term.items()},
             "mask_power": self.mask_power,
+            "texture_mask_gradient": self.texture_mask_gradient,
             "discriminator_every": self.discriminator_every,
             "discriminator_learning_rate": self.discriminator_learning_rate,
         }
