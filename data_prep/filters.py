@@ -24,6 +24,7 @@ import numpy as np
 from normalized_faces import alignment
 from normalized_faces import landmarks as lm
 from normalized_faces.config_flags import option
+from normalized_faces.expressions import mouth_open, smile
 
 # A generic 3-D face (millimetres, x right, y up, z towards the camera; nose tip at the origin) for
 # the 68-point indices below: average adult proportions, enough to read yaw and pitch to a few
@@ -90,21 +91,6 @@ def head_pose(aligned_landmarks: np.ndarray, size: int = lm.ALIGNED_SIZE) -> tup
     yaw = np.degrees(np.arcsin(np.clip(-rotation[2, 0], -1, 1)))
     pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
     return float(yaw), float(pitch)
-
-
-def _mouth_width(points):
-    return max(np.linalg.norm(points[54] - points[48]), 1e-6)
-
-
-def mouth_open(points: np.ndarray) -> float:
-    gap = np.mean([np.linalg.norm(points[a] - points[b]) for a, b in ((61, 67), (62, 66), (63, 65))])
-    return float(gap / _mouth_width(points))
-
-
-def smile(points: np.ndarray) -> float:
-    centre_y = (points[51, 1] + points[57, 1]) / 2.0  # between the lips' middle points
-    corners_y = (points[48, 1] + points[54, 1]) / 2.0
-    return float((centre_y - corners_y) / _mouth_width(points))
 
 
 def eye_openness(points: np.ndarray) -> float:

@@ -33,7 +33,9 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("fused_adam", "adam")
 # cole2017: the paper's model (normalized_faces/model.py), trained on averages and morphs.
 # wang2019: the label-free variant (normalized_faces/wang2019), trained on single photos.
-METHODS = ("cole2017", "wang2019")
+# fvae: expression editing with a flow VAE (normalized_faces/fvae), trained on pairs of one person's photos.
+METHODS = ("cole2017", "wang2019", "fvae")
+FVAE_OUTPUTS = ("flow", "rgb")
 
 
 @dataclasses.dataclass
@@ -42,7 +44,9 @@ class ModelConfig:
         "cole2017",
         "cole2017: the paper's decoder (landmarks + texture + spline warp) trained on averages and morphs. "
         "wang2019: the label-free variant (noisy face + attention mask + patch GAN) trained on single photos "
-        "(data prep --mode=photos); its settings are the --wang_* flags.",
+        "(data prep --mode=photos); its settings are the --wang_* flags. "
+        "fvae: expression editing with a flow VAE (Yeh et al.), trained on pairs of one person's photos (data prep "
+        "--mode=photos --max_smile=inf --max_mouth_open=inf); its settings are the --fvae_* flags.",
         choices=METHODS,
     )
     encoder: str = option(
@@ -69,6 +73,14 @@ class ModelConfig:
     )
     wang_output_size: int = option(320, "wang2019: the output side, 5 * 2^k (thesis: 320; 160 is the CPU recipe).")
     wang_fc_width: int = option(4800, "wang2019: width of the generator's two fully connected layers (thesis: 4800).")
+    fvae_base_channels: int = option(
+        32, "fvae: channels at 128 x 128, doubling as the size halves (32: the paper's 4 x 4 x 1024 latent)."
+    )
+    fvae_output: str = option(
+        "flow",
+        "fvae: flow (the flow VAE) or rgb (the same network predicting pixels: the paper's VAE baseline).",
+        choices=FVAE_OUTPUTS,
+    )
 
 
 @dataclasses.dataclass
@@ -94,12 +106,35 @@ class TrainerConfig:
     )
     wang_mask_weight: float = option(1.0, "wang2019: weight of mean(W^p) + total variation of the mask (0: off).")
     wang_mask_power: float = option(1.0, "wang2019: p of the mask's mean(W^p) (thesis: 1).")
-    wang_identity_weight: float = option(1.0, "wang2019: weight of the identity loss 1 - cos(embeddings) (0: off).")
+    wang_texture_mask_gradient: bool = option(
+        False,
+        "wang2019: the texture term W * |I - O| also trains W (the thesis taken literally: whitens what the photo's "
+        "identity cannot predict, collapses to white if identity is weak); off: W learns only through O.",
+    )
+    # Not the thesis's 1: against the texture term, a sum over 76,800 values at 160 px (~7,000 at
+    # the start), the identity term then had ~1e-4 of the gradient and the faces stayed generic
+    # (identity loss 0.96 -> 0.82 in 1,500 steps). 1,500 was chosen from 300 / 1,500 / 7,680 (the
+    # paper's model's ratio to its mean texture term) on validation people's pictures at 500 steps:
+    # 300 stays generic, 7,680 paints patterns that fool FaceNet (README, "The label-free variant").
+    wang_identity_weight: float = option(
+        1500.0, "wang2019: weight of the identity loss 1 - cos(embeddings) (thesis: 1, see the README; 0: off)."
+    )
     wang_gan_weight: float = option(1.0, "wang2019: weight of the LSGAN generator loss (0: no GAN, the ablation).")
     wang_discriminator_every: int = option(
         4, "wang2019: one discriminator update per this many generator updates (thesis: 4)."
     )
     wang_discriminator_learning_rate: float = option(1e-4, "wang2019: the discriminator's Adam learning rate.")
+    fvae_kl_weight: float = option(0.003, "fvae: lambda1, the KL term's weight (paper: 0.003).")
+    fvae_coherence_weight: float = option(0.001, "fvae: lambda2, the flow coherence's weight (paper: 0.001).")
+    fvae_coherence_alpha: float = option(
+        10.0,
+        "fvae: alpha of the coherence's colour term exp(-alpha |T_i - T_j|^2), pixels in [-1, 1] (not in the paper).",
+    )
+    fvae_mask_beta: float = option(0.1, "fvae: beta of the confidence mask's target exp(-|T - g|^2 / beta).")
+    fvae_mask_steps: int = option(
+        1000, "fvae: the run's last steps train only the confidence mask (the paper trains it after the flow VAE)."
+    )
+    fvae_gradient_clip: float = option(5.0, "fvae: gradients clipped by value (paper: 5).")
     flow_stride: int = option(1, "1: exact spline warp; s > 1: coarse flow (faster, see README).")
     identity_render: str = option(
         "chip",

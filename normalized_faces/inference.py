@@ -36,6 +36,10 @@ def _read_png(path: pathlib.Path):
 
 def model_for_inference(model_config: dict):
     """The model a model_config.json describes, by its method (the paper's when unstated), in float32."""
+    if model_config.get("method") == "fvae":
+        from normalized_faces.fvae.model import FlowVAE
+
+        return FlowVAE.for_inference(model_config)
     if model_config.get("method", "cole2017") == "wang2019":
         from normalized_faces.wang2019.model import WangModel
 

@@ -59,6 +59,8 @@ def tiny_config(model_dir: str, **overrides) -> TrainConfig:
         wang_output_size=160,  # used by --method=wang2019 only
         wang_fc_width=64,
     )
+    if overrides.get("method") == "fvae":
+        settings.update(fvae_base_channels=4, fvae_mask_steps=50, learning_rate=3e-4)
     if overrides.get("method") == "wang2019":
         # Its tanh output saturated (to flat colours, for good: tanh's gradient vanishes) within
         # 100 steps at 1e-3 on this data; at 2e-4 it learns a face.
@@ -106,6 +108,8 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
 def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> keras.Model:
     """The run's model (config.model.method's; encoder with real weights inside), built and
     compiled, every variable created; call inside a strategy scope."""
+    if config.model.method == "fvae":
+        return _build_flow_vae(config)
     from normalized_faces.encoders import get_encoder
 
     options = {"weights_path": config.runtime.encoder_weights} if config.runtime.encoder_weights else {}
@@ -119,6 +123,26 @@ def build_model(config: TrainConfig, mean_landmarks, image_size: int) -> keras.M
     )
     model.compile(optimizer=optimizer, jit_compile=config.runtime.jit_compile)
     model.build_for_training()  # every variable exists before a restore
+    return model
+
+
+def _build_flow_vae(config: TrainConfig) -> keras.Model:
+    """The flow VAE: no face encoder; Adam with the paper's betas and gradients clipped by value."""
+    from normalized_faces.fvae.model import FlowVAE
+
+    trainer = config.trainer
+    model = FlowVAE(
+        base_channels=config.model.fvae_base_channels,
+        output_kind=config.model.fvae_output,
+        kl_weight=trainer.fvae_kl_weight,
+        coherence_weight=trainer.fvae_coherence_weight,
+        coherence_alpha=trainer.fvae_coherence_alpha,
+        mask_beta=trainer.fvae_mask_beta,
+        mask_from_step=max(trainer.train_steps - trainer.fvae_mask_steps, 0),
+    )
+    adam = keras.optimizers.Adam(trainer.learning_rate, beta_1=0.9, beta_2=0.999, clipvalue=trainer.fvae_gradient_clip)
+    model.compile(optimizer=adam, jit_compile=config.runtime.jit_compile)
+    model.build_for_training()
     return model
 
 
@@ -141,6 +165,7 @@ def _method_model(config: TrainConfig, encoder, mean_landmarks, image_size: int)
             identity_weight=trainer.wang_identity_weight,
             gan_weight=trainer.wang_gan_weight,
             mask_power=trainer.wang_mask_power,
+            texture_mask_gradient=trainer.wang_texture_mask_gradient,
             discriminator_every=trainer.wang_discriminator_every,
             discriminator_learning_rate=trainer.wang_discriminator_learning_rate,
         )
@@ -275,7 +300,10 @@ class _Supervisor(keras.callbacks.Callback):
 
 def sample_grid(model, batch) -> np.ndarray:
     """A row per face: input | predicted texture | predicted landmarks on the input | rendered face
-    (wang2019: input | noisy face | attention mask | output face with the regressor's landmarks)."""
+    (wang2019: input | noisy face | attention mask | output face with the regressor's landmarks;
+    fvae: source | target | output | flow | confidence mask)."""
+    if "source" in batch:
+        return _flow_vae_grid(model, batch)
     outputs = model(batch["image"])
     rows = []
     if "mask" in outputs:
@@ -302,6 +330,78 @@ def sample_grid(model, batch) -> np.ndarray:
             ]
         )
     return visualize.image_grid(rows, column_titles=["input", "texture", "landmarks", "rendered"])
+
+
+def _flow_vae_grid(model, batch) -> np.ndarray:
+    out = model(batch)
+    to_unit = lambda images: (np.asarray(images) + 1.0) / 2.0  # noqa: E731
+    rows = []
+    for i in range(int(batch["source"].shape[0])):
+        row = [to_unit(batch["source"][i]), to_unit(batch["target"][i]), np.clip(to_unit(out["output"][i]), 0, 1)]
+        if "flow" in out:
+            size = out["flow"].shape[1]
+            row.append(visualize.flow_to_rgb(out["flow"][i].numpy() * (size - 1) / 2.0))
+        row.append(np.repeat(out["mask"][i].numpy(), 3, axis=-1))
+        rows.append(row)
+    titles = ["source", "target", "output"] + (["flow"] if "flow" in out else []) + ["mask"]
+    return visualize.image_grid(rows, column_titles=titles)
+
+
+def _datasets(config: TrainConfig, model, image_size: int, step: int):
+    """(train, validation or None, a small validation batch for the sample grid or None)."""
+    trainer = config.trainer
+    if config.model.method == "fvae":
+        from normalized_faces.fvae import data as fvae_data
+
+        train_data = fvae_data.pair_dataset(
+            fvae_data.load_photos(trainer.data_dir, "train"), trainer.batch_size, seed=trainer.seed + step
+        )
+        try:
+            photos = fvae_data.load_photos(trainer.data_dir, "validation")
+            validation = fvae_data.pair_dataset(photos, trainer.batch_size, seed=trainer.seed, augment=False)
+            sample_batch = next(iter(fvae_data.pair_dataset(photos, 4, seed=trainer.seed, augment=False)))
+        except (FileNotFoundError, ValueError):
+            validation, sample_batch = None, None
+        return train_data, validation, sample_batch
+
+    keys, cache = data.TRAINING_KEYS, None
+    if config.model.method == "wang2019":
+        keys = ("image", "landmarks")  # single photos: no texture target
+    if trainer.encoder_cache:
+        from normalized_faces import encoder_cache
+
+        cache = encoder_cache.build(trainer.data_dir, model.encoder, report=lambda line: print(line, flush=True))
+        # The photo itself is no longer needed by the paper's step: its encoder outputs stand in
+        # for it (wang2019 still compares pixels with it).
+        keep_image = config.model.method == "wang2019"
+        keys = tuple(k for k in keys if keep_image or k != "image") + ("features", "embedding")
+    train_data = data.make_dataset(
+        trainer.data_dir,
+        "train",
+        batch_size=trainer.batch_size,
+        shuffle_buffer=trainer.shuffle_buffer,
+        repeat=True,
+        seed=trainer.seed + step,
+        image_size=image_size,
+        keys=keys,
+        encoder_cache=cache,
+    )
+    try:
+        validation = data.make_dataset(
+            trainer.data_dir,
+            "validation",
+            batch_size=trainer.batch_size,
+            repeat=True,
+            image_size=image_size,
+            keys=keys,
+            encoder_cache=cache,
+        )
+        sample_batch = next(
+            iter(data.make_dataset(trainer.data_dir, "validation", batch_size=4, image_size=image_size))
+        )
+    except (FileNotFoundError, StopIteration):
+        validation, sample_batch = None, None
+    return train_data, validation, sample_batch
 
 
 def _write_config(config: TrainConfig, model_dir: pathlib.Path, is_chief: bool) -> None:
@@ -372,43 +472,7 @@ def _train(config: TrainConfig) -> dict:
         )
         return {"step": step, "status": "already_done", "history": {}}
 
-    keys, cache = data.TRAINING_KEYS, None
-    if config.model.method == "wang2019":
-        keys = ("image", "landmarks")  # single photos: no texture target
-    if config.trainer.encoder_cache:
-        from normalized_faces import encoder_cache
-
-        cache = encoder_cache.build(config.trainer.data_dir, model.encoder, report=lambda line: print(line, flush=True))
-        # The photo itself is no longer needed by the paper's step: its encoder outputs stand in
-        # for it (wang2019 still compares pixels with it).
-        keep_image = config.model.method == "wang2019"
-        keys = tuple(k for k in keys if keep_image or k != "image") + ("features", "embedding")
-    train_data = data.make_dataset(
-        config.trainer.data_dir,
-        "train",
-        batch_size=config.trainer.batch_size,
-        shuffle_buffer=config.trainer.shuffle_buffer,
-        repeat=True,
-        seed=config.trainer.seed + step,
-        image_size=image_size,
-        keys=keys,
-        encoder_cache=cache,
-    )
-    try:
-        validation = data.make_dataset(
-            config.trainer.data_dir,
-            "validation",
-            batch_size=config.trainer.batch_size,
-            repeat=True,
-            image_size=image_size,
-            keys=keys,
-            encoder_cache=cache,
-        )
-        sample_batch = next(
-            iter(data.make_dataset(config.trainer.data_dir, "validation", batch_size=4, image_size=image_size))
-        )
-    except (FileNotFoundError, StopIteration):
-        validation, sample_batch = None, None
+    train_data, validation, sample_batch = _datasets(config, model, image_size, step)
     interval = config.trainer.checkpoint_interval
     epochs = math.ceil(config.trainer.train_steps / interval)
     writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else None

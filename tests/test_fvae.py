@@ -97,7 +97,7 @@ def test_model_shapes_and_two_phases(output_kind):
     """The paper's latent (4 x 4 x 32 * base) and output shapes; phase 1 moves everything but the mask
     decoder and lowers the loss on a fixed pair; phase 2 moves only the mask decoder."""
     keras.utils.set_random_seed(0)
-    model = fvae.FlowVAE(base_channels=4, output_kind=output_kind)
+    model = fvae.FlowVAE(base_channels=4, output_kind=output_kind, mask_from_step=15)
     rng = np.random.default_rng(0)
     source = tf.constant(rng.uniform(-1, 1, [2, 128, 128, 3]), tf.float32)
     target = tf.constant(np.roll(source.numpy(), 2, axis=2))
@@ -107,17 +107,17 @@ def test_model_shapes_and_two_phases(output_kind):
     assert out["mask"].shape == (2, 128, 128, 1)
     assert ("flow" in out) == (output_kind == "flow")
     model.compile(optimizer=keras.optimizers.Adam(3e-3, clipvalue=5.0))
+    model.build_for_training()
     mask_before = [v.numpy().copy() for v in model.mask_decoder.trainable_variables]
-    first = model.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)["reconstruction_loss"]
-    model.fit(tf.data.Dataset.from_tensors(batch).repeat(15), verbose=0)
-    after = model.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)["reconstruction_loss"]
+    once = tf.data.Dataset.from_tensors(batch)
+    first = model.evaluate(once, verbose=0, return_dict=True)["reconstruction_loss"]
+    model.fit(once.repeat(15), verbose=0)  # steps 0..14: phase 1
+    after = model.evaluate(once, verbose=0, return_dict=True)["reconstruction_loss"]
     assert after < first
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(mask_before, model.mask_decoder.trainable_variables))
 
     encoder_before = [v.numpy().copy() for v in model.target_encoder.trainable_variables]
-    model.train_mask = True
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0)
+    model.fit(once.repeat(3), verbose=0)  # steps 15..17: the mask phase
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(encoder_before, model.target_encoder.trainable_variables))
     assert not all(np.array_equal(a, v.numpy()) for a, v in zip(mask_before, model.mask_decoder.trainable_variables))
 
@@ -128,3 +128,131 @@ def test_config_round_trip():
     assert clone.get_config() == model.get_config()
     with pytest.raises(ValueError, match="output_kind"):
         fvae.FlowVAE(output_kind="mask")
+
+
+def test_expression_labels_from_landmarks():
+    from normalized_faces import expressions
+    from normalized_faces import landmarks as lm
+
+    neutral = lm.template_landmarks()
+    assert expressions.label(neutral) == "neutral"
+    smiling = neutral.copy()
+    width = np.linalg.norm(neutral[54] - neutral[48])
+    smiling[[48, 54], 1] -= 0.3 * width  # corners up: above the lips' centre line
+    assert expressions.smile(smiling) > expressions.SMILE and expressions.label(smiling) == "smile"
+    open_mouth = neutral.copy()
+    open_mouth[[65, 66, 67], 1] += 0.4 * width  # the lower inner lip drops
+    assert expressions.label(open_mouth) == "open_mouth"
+
+
+def test_colour_transfer_matches_the_target_statistics():
+    import cv2
+
+    from normalized_faces.fvae import data as fvae_data
+
+    rng = np.random.default_rng(0)
+    source = np.clip(rng.normal(90, 20, [32, 32, 3]), 0, 255).astype(np.uint8)
+    target = np.clip(rng.normal([170, 120, 100], 15, [32, 32, 3]), 0, 255).astype(np.uint8)
+    moved = fvae_data.colour_transfer(source, target)
+    lab = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)  # noqa: E731
+    np.testing.assert_allclose(lab(moved).mean(0), lab(target).mean(0), atol=1.5)
+    np.testing.assert_allclose(lab(moved).std(0), lab(target).std(0), rtol=0.1, atol=1.0)
+
+
+def test_pairs_are_of_one_person_and_deterministic():
+    from normalized_faces.fvae import data as fvae_data
+
+    rng = np.random.default_rng(0)
+    # Each person's photos share a constant colour, so a pair's two images reveal whose they are.
+    identities = np.array(["a", "a", "b", "b", "b", "c"])
+    shades = {"a": 40, "b": 140, "c": 240}
+    images = np.stack(
+        [np.full([8, 8, 3], shades[i], np.uint8) + rng.integers(0, 3, [8, 8, 3]).astype(np.uint8) for i in identities]
+    )
+    photos = fvae_data.PhotoSet(images, identities, np.array(["neutral"] * 6))
+    assert sorted(photos.people_with_pairs()) == ["a", "b"]  # c has one photo
+    batch = next(iter(fvae_data.pair_dataset(photos, 16, seed=3)))
+    assert batch["source"].shape == (16, 8, 8, 3) and float(tf.reduce_min(batch["source"])) >= -1.0
+    target_shade = (batch["target"].numpy().mean(axis=(1, 2, 3)) + 1) * 127.5
+    assert set(np.round(target_shade / 100).astype(int)) <= {0, 1}  # a's (40) or b's (140), never c's
+    again = next(iter(fvae_data.pair_dataset(photos, 16, seed=3)))
+    np.testing.assert_array_equal(batch["target"].numpy(), again["target"].numpy())
+
+
+def test_paste_into_photo_moves_the_photo_by_the_flow():
+    """A zero flow leaves the photo as it was; a constant flow of k aligned pixels moves the photo's
+    pixels by k / scale photo pixels inside the crop (an alignment that doubles the photo's scale),
+    and leaves what is outside the crop alone."""
+    from normalized_faces.fvae.editing import paste_into_photo
+
+    rng = np.random.default_rng(0)
+    photo = (rng.uniform(0, 255, [300, 300, 3])).astype(np.uint8)
+    photo = np.asarray(tf.image.resize(photo[None].astype(np.float32), [300, 300])[0]).astype(np.uint8)
+    ramp = np.tile(np.arange(300, dtype=np.uint8)[None, :, None], [300, 1, 3])  # value = photo x
+    matrix = np.array([[2.0, 0.0, -188.0], [0.0, 2.0, -188.0]])  # aligned = 2 photo - 188: photo 94..205.5
+    zero = np.zeros([128, 128, 2], np.float32)
+    np.testing.assert_array_equal(paste_into_photo(photo, matrix, zero), photo)
+    k = 4.0  # aligned pixels to the right: the photo's pixel 2 px to the right comes in
+    flow = np.full([128, 128, 2], 0.0, np.float32)
+    flow[..., 0] = k * 2 / (224 - 1)
+    moved = paste_into_photo(ramp, matrix, flow)
+    centre = moved[140:160, 140:160, 0].astype(int)
+    np.testing.assert_allclose(centre, ramp[140:160, 142:162, 0], atol=1)
+    np.testing.assert_array_equal(moved[:5, :5], ramp[:5, :5])  # outside the crop: untouched
+
+
+@pytest.mark.slow
+def test_fvae_trains_resumes_and_edits_photos(tmp_path):
+    """train_main --method=fvae on photo records, resumed; edit-expression on real photos (lfw10)
+    with bad input beside them; interpolation. The tiny run's synthetic faces are all neutral, so
+    its mean latents lack smile and open_mouth and the command refuses it with a line; the test
+    then gives it latents for those labels (from real photos' encodings) to exercise the edit."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from normalized_faces import train
+    from normalized_faces.fvae import command, editing
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    model_dir = tmp_path / "run"
+    first = subprocess.run(
+        [sys.executable, str(repo / "train_main.py"), "--config=tiny", "--method=fvae", f"--model_dir={model_dir}",
+         "--train_steps=4", "--checkpoint_interval=4", "--validation_interval=4", "--fvae_mask_steps=2"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "step 4/4" in first.stdout
+    result = train.train(train.tiny_config(str(model_dir), method="fvae", train_steps=8, checkpoint_interval=4))
+    assert result["step"] == 8 and np.isfinite(result["history"]["loss"][-1])
+    assert sorted((model_dir / "samples").glob("step_*.png"))
+
+    lfw10 = repo.parent / "shared" / "faces" / "lfw10"
+    photos = [str(sorted((lfw10 / name).glob("*.jpg"))[0]) for name in ("Tony_Blair", "Colin_Powell")]
+    lines = []
+    assert command.run(str(model_dir), str(tmp_path / "refused"), photos, report=lines.append) == 2
+    assert "cannot edit with it" in lines[0] and "smile" in lines[0]
+
+    means = dict(np.load(model_dir / editing.MEAN_LATENTS_FILE))
+    rng = np.random.default_rng(0)
+    for label in ("smile", "open_mouth"):
+        means[label] = means["neutral"] + rng.normal(0, 0.5, means["neutral"].shape).astype(np.float32)
+    np.savez(model_dir / editing.MEAN_LATENTS_FILE, **means)
+    out, lines = tmp_path / "edited", []
+    code = command.run(
+        str(model_dir), str(out), photos + [str(tmp_path / "missing.jpg")], to="smile", steps=2, report=lines.append
+    )
+    assert code == 1 and any("missing.jpg: no such file" in line for line in lines)
+    for photo in photos:
+        stem = pathlib.Path(photo).stem
+        edited = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / f"{stem}_smile.png"))
+        original = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(photo))
+        assert edited.shape == original.shape  # the whole photo, at its own size
+        assert (out / f"{stem}_smile_1.png").exists() and (out / f"{stem}_smile_2.png").exists()
+    assert (out / "grid.png").exists()
+
+    lines = []
+    assert command.run(str(model_dir), str(tmp_path / "one"), photos[:1], interpolate=True, report=lines.append) == 2
+    assert "exactly two photos" in lines[0]
+    assert command.run(str(model_dir), str(tmp_path / "interp"), photos, interpolate=True, steps=3, report=print) == 0
+    assert len(list((tmp_path / "interp").glob("interpolation_*.png"))) == 4

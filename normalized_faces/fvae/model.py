@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from normalized_faces import warp
 from normalized_faces.fvae import losses
+from normalized_faces.model import RebuildsForInference
 
 IMAGE_SIZE = 128
 LATENT_SIZE = 4
@@ -142,12 +143,13 @@ def edit_latents(latent, source_mean, target_mean, steps: int):
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
-class FlowVAE(keras.Model):
+class FlowVAE(RebuildsForInference, keras.Model):
     """f, g and the confidence mask M, trained on (source, target) pairs of one person's photos.
 
     Batches: {"source": S, "target": T} [B, 128, 128, 3] in [-1, 1]. train_step minimizes
-    reconstruction + kl_weight * KL + coherence_weight * coherence (losses.py); with
-    `train_mask=True` (the second phase) only M learns, towards losses.mask_target.
+    reconstruction + kl_weight * KL + coherence_weight * coherence (losses.py) over everything but
+    M; from optimizer step `mask_from_step` on (the second phase; None: never) only M learns,
+    towards losses.mask_target. M's inputs are cut from the graph, so the two never mix.
     """
 
     def __init__(
@@ -158,16 +160,17 @@ class FlowVAE(keras.Model):
         coherence_weight=0.001,
         coherence_alpha=10.0,
         mask_beta=0.1,
-        train_mask=False,
+        mask_from_step=None,
         **kwargs,
     ):
+        kwargs.pop("method", None)
         super().__init__(**kwargs)
         if output_kind not in ("flow", "rgb"):
             raise ValueError(f"output_kind must be flow (the flow VAE) or rgb (the VAE baseline), got {output_kind!r}")
         self.base_channels, self.output_kind = int(base_channels), output_kind
         self.kl_weight, self.coherence_weight = float(kl_weight), float(coherence_weight)
         self.coherence_alpha, self.mask_beta = float(coherence_alpha), float(mask_beta)
-        self.train_mask = bool(train_mask)
+        self.mask_from_step = None if mask_from_step is None else int(mask_from_step)
         channels = _stage_channels(self.base_channels)[-1]
         self.target_encoder = ImageEncoder(self.base_channels, name="target_encoder")
         self.to_mean = keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=_init(), name="to_mean")
@@ -200,7 +203,11 @@ class FlowVAE(keras.Model):
             out["output"] = predicted
         return out
 
+    image_size = IMAGE_SIZE
+
     def call(self, inputs, training=False):
+        if not isinstance(inputs, dict):  # one batch of photos: each reconstructs itself
+            inputs = {"source": inputs, "target": inputs}
         mean, log_variance = self.encode(inputs["target"], training=training)
         latent = sample_latent(mean, log_variance) if training else mean
         return {**self.decode(inputs["source"], latent, training=training), "mean": mean, "log_variance": log_variance}
@@ -220,20 +227,39 @@ class FlowVAE(keras.Model):
         terms["mask_loss"] = losses.mask_loss(out["mask"], confidence)
         return terms
 
-    def trained_variables(self):
-        """The second phase trains only the mask decoder; the first everything else."""
-        mask_variables = {id(v) for v in self.mask_decoder.trainable_variables}
-        if self.train_mask:
-            return self.mask_decoder.trainable_variables
-        return [v for v in self.trainable_variables if id(v) not in mask_variables]
+    def build_for_training(self):
+        """Creates every variable (the model's and the optimizer's slots) before a restore or a
+        distributed fit: call after compile(), inside the strategy's scope."""
+        zeros = tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3])
+        self({"source": zeros, "target": zeros})
+        self.optimizer.build(self.trainable_variables)
+
+    def _variables_by_phase(self):
+        mask_ids = {id(v) for v in self.mask_decoder.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in mask_ids], self.mask_decoder.trainable_variables
+
+    def in_mask_phase(self):
+        if self.mask_from_step is None:
+            return tf.constant(False)
+        return self.optimizer.iterations >= self.mask_from_step
 
     def train_step(self, batch):
-        variables = self.trained_variables()
-        with tf.GradientTape() as tape:
+        main_variables, mask_variables = self._variables_by_phase()
+        with tf.GradientTape(persistent=True) as tape:
             terms = self.losses_for(batch, training=True)
-            objective = terms["mask_loss"] if self.train_mask else terms["loss"]
-        gradients = tape.gradient(objective, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        main_gradients = tape.gradient(terms["loss"], main_variables)
+        mask_gradients = tape.gradient(terms["mask_loss"], mask_variables)
+        del tape
+
+        def apply(gradients, variables):
+            def update():
+                self.optimizer.apply_gradients(zip(gradients, variables))
+                return tf.constant(0)
+
+            return update
+
+        # One set moves per step; Adam's momentum would move the other set on zero gradients.
+        tf.cond(self.in_mask_phase(), apply(mask_gradients, mask_variables), apply(main_gradients, main_variables))
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items() if name in terms}
@@ -246,12 +272,14 @@ class FlowVAE(keras.Model):
 
     def get_config(self):
         return {
+            "method": "fvae",
             "name": self.name,
+            "dtype": self.dtype_policy.name,
             "base_channels": self.base_channels,
             "output_kind": self.output_kind,
             "kl_weight": self.kl_weight,
             "coherence_weight": self.coherence_weight,
             "coherence_alpha": self.coherence_alpha,
             "mask_beta": self.mask_beta,
-            "train_mask": self.train_mask,
+            "mask_from_step": self.mask_from_step,
         }
