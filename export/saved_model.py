@@ -18,6 +18,8 @@ Writes EXPORTS/N/ (TF Serving's versioned layout; N defaults to the next free ve
   assets.extra/normalized_faces.json       encoder, threshold, mean landmarks, source checkpoint
   assets.extra/mean_face.png               the training data's mean face (evaluation's baseline)
 
+A flow VAE run (train_main.py --method=fvae) gets editing signatures instead (export/flow_vae.py).
+
 The export is atomic: it is written to a hidden folder beside the target and renamed into place,
 so a failed export leaves no half-written version for TF Serving to pick up.
 """
@@ -133,41 +135,55 @@ def export(
     staging = export_dir / f".{version}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        module = ServingModule(model)
-        # Traced with TF ops only: the warp's fused kernels are this package's custom ops, which
-        # TF Serving and a process without this package could not load.
-        with warp.portable_ops():
-            tf.saved_model.save(
-                module,
-                str(staging),
-                signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images},
-            )
-        write_warmup_requests(staging / "assets.extra" / "tf_serving_warmup_requests", model_name, model.image_size)
-        threshold = model.encoder.threshold
-        metadata = {
-            "model_dir": pretrained.SOURCE if model_dir is None else str(source_dir.resolve()),
-            "checkpoint": None if model_dir is None else tf.train.latest_checkpoint(str(source_dir / "checkpoints")),
-            "encoder": type(model.encoder).__name__,
-            "encoder_name": model.encoder.encoder_name,
-            "image_size": model.image_size,
-            "mean_landmarks": model.mean_landmarks.tolist(),
-            "threshold": {
-                "value": threshold.value,
-                "output": threshold.output,
-                "distance": threshold.distance,
-                "source": threshold.source,
-            },
-        }
-        (staging / inference.EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
-        mean_face = source_dir / MEAN_FACE_FILE
-        if mean_face.exists():  # evaluation's baseline travels with the model
-            shutil.copyfile(mean_face, staging / inference.EXPORT_MEAN_FACE)
+        if getattr(model, "output_kind", None) is not None:  # a flow VAE run: editing signatures
+            from export.flow_vae import export_flow_vae
+
+            if model.output_kind != "flow":
+                raise ValueError(f"{model_dir} is the VAE baseline (fvae_output=rgb): only the flow model edits photos")
+            export_flow_vae(model, source_dir, staging)
+        else:
+            _export_normalizer(model, model_dir, source_dir, staging, model_name)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)  # atomic on one filesystem: TF Serving sees all of it or nothing
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _export_normalizer(model, model_dir, source_dir: pathlib.Path, staging: pathlib.Path, model_name: str) -> None:
+    """The normalizing model's SavedModel, warm-up requests, metadata and mean face into `staging`."""
+    from normalized_faces import pretrained
+
+    module = ServingModule(model)
+    # Traced with TF ops only: the warp's fused kernels are this package's custom ops, which
+    # TF Serving and a process without this package could not load.
+    with warp.portable_ops():
+        tf.saved_model.save(
+            module,
+            str(staging),
+            signatures={"serving_default": module.serve_encoded, "predict_images": module.serve_images},
+        )
+    write_warmup_requests(staging / "assets.extra" / "tf_serving_warmup_requests", model_name, model.image_size)
+    threshold = model.encoder.threshold
+    metadata = {
+        "model_dir": pretrained.SOURCE if model_dir is None else str(source_dir.resolve()),
+        "checkpoint": None if model_dir is None else tf.train.latest_checkpoint(str(source_dir / "checkpoints")),
+        "encoder": type(model.encoder).__name__,
+        "encoder_name": model.encoder.encoder_name,
+        "image_size": model.image_size,
+        "mean_landmarks": model.mean_landmarks.tolist(),
+        "threshold": {
+            "value": threshold.value,
+            "output": threshold.output,
+            "distance": threshold.distance,
+            "source": threshold.source,
+        },
+    }
+    (staging / inference.EXPORT_METADATA).write_text(json.dumps(metadata, indent=2))
+    mean_face = source_dir / MEAN_FACE_FILE
+    if mean_face.exists():  # evaluation's baseline travels with the model
+        shutil.copyfile(mean_face, staging / inference.EXPORT_MEAN_FACE)
 
 
 FLAGS = flags.FLAGS

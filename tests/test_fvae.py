@@ -204,7 +204,8 @@ def test_paste_into_photo_moves_the_photo_by_the_flow():
 @pytest.mark.slow
 def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     """train_main --method=fvae on photo records, resumed; edit-expression on real photos (lfw10)
-    with bad input beside them; interpolation. The tiny run's synthetic faces are all neutral, so
+    with bad input beside them; the export reloaded in a fresh process edits as the library does;
+    interpolation. The tiny run's synthetic faces are all neutral, so
     its mean latents lack smile and open_mouth and the command refuses it with a line; the test
     then gives it latents for those labels (from real photos' encodings) to exercise the edit."""
     import pathlib
@@ -250,6 +251,30 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
         assert edited.shape == original.shape  # the whole photo, at its own size
         assert (out / f"{stem}_smile_1.png").exists() and (out / f"{stem}_smile_2.png").exists()
     assert (out / "grid.png").exists()
+
+    # The export: reloaded in a fresh process, its edit signature gives the library's edit.
+    from export import saved_model
+    from normalized_faces import expressions
+    from normalized_faces.cli import collect_faces
+
+    exported = saved_model.export(model_dir, tmp_path / "export", version=1)
+    found, _ = collect_faces([(photos[0], None)], report=lambda line: None)
+    face, points = found[0].aligned.image, found[0].aligned.landmarks
+    expected = editing.ExpressionEditor.from_run(model_dir).edit(face[None], points[None], "smile")["faces"][-1, 0]
+    source_label = expressions.LABELS.index(expressions.label(points))
+    np.save(tmp_path / "face.npy", face)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        f"edit = tf.saved_model.load({str(exported)!r}).signatures['serving_default']\n"
+        f"face = np.load({str(tmp_path / 'face.npy')!r}).astype(np.float32)[None] / 255\n"
+        f"out = edit(images=tf.constant(face), source_label=tf.constant([{source_label}]),\n"
+        f"           target_label=tf.constant([{expressions.LABELS.index('smile')}]), strength=tf.constant([1.0]))\n"
+        f"np.save({str(tmp_path / 'served.npy')!r}, out['edited'].numpy()[0])\n"
+    )
+    served = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert served.returncode == 0, served.stderr
+    served_face = np.load(tmp_path / "served.npy") * 255
+    assert np.abs(served_face - expected.astype(np.float64)).max() <= 2.0
 
     lines = []
     assert command.run(str(model_dir), str(tmp_path / "one"), photos[:1], interpolate=True, report=lines.append) == 2
