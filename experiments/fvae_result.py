@@ -1,6 +1,6 @@
 """The flow VAE (Yeh et al.) on LFW in one resumable command: the paper's Table 1 and Figs. 4 and 7.
 
-    python -m experiments.fvae_result --run_dir=runs/fvae [--fvae_train_steps=2000] [--figures_dir=docs/results]
+    python -m experiments.fvae_result --run_dir=runs/fvae [--fvae_train_steps=1000] [--figures_dir=docs/results]
 
 Stages (each skipped when its output exists; RUN/times.json keeps their wall-clock times):
 1. data prep, photos mode with the expression filters opened (--max_smile=inf --max_mouth_open=inf),
@@ -30,7 +30,7 @@ from experiments import lfw_result, lfw_split
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("base_channels", 8, "Channels at 128 px, doubling per halving (paper: 32, a 4x4x1024 latent).")
 flags.DEFINE_integer("fvae_batch_size", 32, "Batch size (paper: 64).")
-flags.DEFINE_integer("fvae_train_steps", 2000, "Steps of each model (the last 500 train the flow model's mask).")
+flags.DEFINE_integer("fvae_train_steps", 1000, "Steps of each model (the last quarter train the flow model's mask).")
 flags.DEFINE_integer("pairs_per_person", 4, "Test pairs per test person with two photos or more.")
 
 MODELS = {"flow": "flow VAE", "rgb": "VAE (pixels, the paper's baseline)"}
@@ -72,7 +72,7 @@ def train_config(run_dir: pathlib.Path, name: str):
         fvae_base_channels=FLAGS.base_channels,
         batch_size=FLAGS.fvae_batch_size,
         train_steps=FLAGS.fvae_train_steps,
-        fvae_mask_steps=500 if name == "flow" else 0,
+        fvae_mask_steps=FLAGS.fvae_train_steps // 4 if name == "flow" else 0,
         learning_rate=3e-4,
         checkpoint_interval=250,
         summary_interval=50,

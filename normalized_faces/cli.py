@@ -248,7 +248,10 @@ def main(argv):
 
 def entry_point():
     """The `normalize-face` console script."""
+    from normalized_faces.config_flags import help_for_console_script
+
     define_flags()
+    help_for_console_script(__name__)
     app.run(main)
 
 

@@ -131,3 +131,16 @@ def replace_nested(config, **values):
         known = sorted(f.name for f, _ in leaf_fields(config))
         raise TypeError(f"{type(config).__name__} has no field {', '.join(sorted(values))}; fields: {', '.join(known)}")
     return dataclasses.replace(config, **changes)
+
+
+def help_for_console_script(module_name: str) -> None:
+    """Makes `--help` of a console script (whose __main__ is pip's wrapper) show the usage text and
+    flags of the module that implements it: absl lists the key flags of sys.argv[0]."""
+    import sys
+
+    from absl import flags
+
+    module = sys.modules[module_name]
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

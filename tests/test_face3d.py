@@ -233,3 +233,24 @@ def test_normalize_face_mesh_writes_files_and_reports_bad_input(tmp_path):
 def _mean_face_landmarks():
     model = SurreyFaceModel.load()
     return synthetic_landmarks(model, np.zeros(63), np.zeros(6), 1.1, [0.0, 0.0, 0.0], [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("normalized_faces.cli", ["--mesh", "--neutral_mesh", "--output_dir"]),
+        ("normalized_faces.fvae.command", ["--to", "--interpolate"]),
+    ],
+)
+def test_console_scripts_help_lists_their_flags(module, expected):
+    """`normalize-face --help` and `edit-expression --help` print the usage text and every flag
+    (absl lists only the main module's flags; a console script's main module is pip's wrapper)."""
+    import subprocess
+    import sys
+
+    script = f"import sys; sys.argv = ['cmd', '--help']; from {module} import entry_point; entry_point()"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    usage = __import__(module, fromlist=["_"]).__doc__.splitlines()[0]
+    assert usage in result.stdout, result.stderr  # (absl exits 1 after --help)
+    for flag in expected:
+        assert flag in result.stdout, (flag, result.stdout[:500])
