@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import signal
 
 import numpy as np
 from absl import app, flags
 
-from experiments import lfw_result, lfw_split
+from experiments import lfw_result
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("base_channels", 8, "Channels at 128 px, doubling per halving (paper: 32, a 4x4x1024 latent).")
@@ -248,9 +247,7 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
 
 def main(argv):
     del argv
-    signal.signal(signal.SIGTERM, lfw_result._interrupted)
-    run_dir = pathlib.Path(FLAGS.run_dir)
-    people, split = lfw_split.load_split(FLAGS.lfw)
+    run_dir, people, split = lfw_result.start_run()
     prepare_training_photos(run_dir, people, split)
     prepare_test_photos(run_dir, people, split)
     for name, label in MODELS.items():

@@ -82,6 +82,15 @@ def stage(name):
     return wrap
 
 
+def start_run():
+    """What every experiment's main begins with: `kill` (SIGTERM) ends the run like Ctrl-C, so the
+    stage in progress records its time; the run folder and the fixed LFW split. Returns
+    (run_dir, people, split)."""
+    signal.signal(signal.SIGTERM, _interrupted)
+    people, split = lfw_split.load_split(FLAGS.lfw)
+    return pathlib.Path(FLAGS.run_dir), people, split
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -291,11 +300,8 @@ def results_markdown(reports: dict, data_counts: dict, times: dict) -> str:
 
 def main(argv):
     del argv
-    # `kill` (SIGTERM) ends the run like Ctrl-C, so the stage in progress records its time.
-    signal.signal(signal.SIGTERM, _interrupted)
-    run_dir = pathlib.Path(FLAGS.run_dir)
+    run_dir, people, split = start_run()
     run_dir.mkdir(parents=True, exist_ok=True)
-    people, split = lfw_split.load_split(FLAGS.lfw)
     data_counts = prepare_data(run_dir, people, split, FLAGS.num_morphs)
     for name in VARIANTS:
         make_training_stage(name)(run_dir)

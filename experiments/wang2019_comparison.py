@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import signal
 
 from absl import app, flags
 
-from experiments import lfw_result, lfw_split
+from experiments import lfw_result
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("output_size", 160, "The variant's output side (thesis: 320; 160 is the CPU recipe).")
@@ -139,9 +138,7 @@ def _trained_steps(model_dir: pathlib.Path) -> int | None:
 
 def main(argv):
     del argv
-    signal.signal(signal.SIGTERM, lfw_result._interrupted)
-    run_dir = pathlib.Path(FLAGS.run_dir)
-    people, split = lfw_split.load_split(FLAGS.lfw)
+    run_dir, people, split = lfw_result.start_run()
     prepare_photo_data(run_dir, people, split)
     for name, (label, _) in ABLATIONS.items():
         lfw_result.make_training_stage(name, label, train_config)(run_dir)

@@ -248,11 +248,9 @@ def main(argv):
 
 def entry_point():
     """The `normalize-face` console script."""
-    from normalized_faces.config_flags import help_for_console_script
+    from normalized_faces.config_flags import run_console_script
 
-    define_flags()
-    help_for_console_script(__name__)
-    app.run(main)
+    run_console_script(__name__, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def replace_nested(config, **values):
     return dataclasses.replace(config, **changes)
 
 
+def run_console_script(module_name: str, define_flags, main) -> None:
+    """A console script's entry point: defines its flags, makes --help show them, runs main."""
+    from absl import app
+
+    define_flags()
+    help_for_console_script(module_name)
+    app.run(main)
+
+
 def help_for_console_script(module_name: str) -> None:
     """Makes `--help` of a console script (whose __main__ is pip's wrapper) show the usage text and
     flags of the module that implements it: absl lists the key flags of sys.argv[0]."""
