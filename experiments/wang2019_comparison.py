@@ -10,7 +10,8 @@ the same train people: normalized_faces/pretrained/PROVENANCE.md), evaluated the
 1. data prep in photos mode (one record per photo that passes the filters) of the same train +
    validation people -> RUN/photo_data;
 2. training of the variant at the CPU recipe (--output_size 160, --fc_width) -> RUN/wang2019, and
-   the ablations without the GAN, without the mask, without the landmark loss (--ablation_steps);
+   the ablations without the GAN, without the mask, without the landmark loss, and the full variant
+   for as long as they train, their reference (--wang_ablation_steps);
 3. evaluation of each on the test people with the same evaluation as the paper's model;
 4. a side-by-side figure (photo | paper's model | this variant | its mask) and a table.
 """
@@ -35,6 +36,8 @@ flags.DEFINE_integer("wang_ablation_steps", 500, "Steps of each ablation.")
 
 ABLATIONS = {
     "wang2019": ("Wang 2019", {}),
+    # The full variant at the ablations' length: what each ablation is compared with.
+    "wang2019_short": ("Wang 2019 (the ablations' length)", {}),
     "wang2019_no_gan": ("Wang 2019 without the GAN", {"wang_gan_weight": 0.0}),
     "wang2019_no_mask": ("Wang 2019 without the mask loss", {"wang_mask_weight": 0.0}),
     "wang2019_no_landmarks": ("Wang 2019 without the landmark loss", {"wang_landmark_weight": 0.0}),
