@@ -1,6 +1,6 @@
 """The flow VAE (Yeh et al.) on LFW in one resumable command: the paper's Table 1 and Figs. 4 and 7.
 
-    python -m experiments.fvae_result --run_dir=runs/fvae [--fvae_train_steps=1000] [--figures_dir=docs/results]
+    python -m experiments.fvae_result --run_dir=runs/fvae [--fvae_train_steps=600] [--figures_dir=docs/results]
 
 Stages (each skipped when its output exists; RUN/times.json keeps their wall-clock times):
 1. data prep, photos mode with the expression filters opened (--max_smile=inf --max_mouth_open=inf),
@@ -29,7 +29,7 @@ from experiments import lfw_result
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("base_channels", 8, "Channels at 128 px, doubling per halving (paper: 32, a 4x4x1024 latent).")
 flags.DEFINE_integer("fvae_batch_size", 32, "Batch size (paper: 64).")
-flags.DEFINE_integer("fvae_train_steps", 1000, "Steps of each model (the last quarter train the flow model's mask).")
+flags.DEFINE_integer("fvae_train_steps", 600, "Steps of each model (the last quarter train the flow model's mask).")
 flags.DEFINE_integer("pairs_per_person", 4, "Test pairs per test person with two photos or more.")
 
 MODELS = {"flow": "flow VAE", "rgb": "VAE (pixels, the paper's baseline)"}
@@ -44,8 +44,16 @@ def _prep(run_dir: pathlib.Path, folder: str, people, names, validation_fraction
     if (data_dir / data.METADATA_FILE).exists():
         return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
     manifest = lfw_result.photo_manifest(people, names, run_dir / f"{folder}.csv")
-    config = stages.PrepConfig(mode="photos", validation_fraction=validation_fraction, **EXPRESSION_FILTERS_OPEN)
-    summary = job.run(str(manifest), str(data_dir), config, flag_values={"input": str(manifest)})
+    from data_prep import filters
+
+    config = stages.PrepConfig(
+        mode="photos",
+        validation_fraction=validation_fraction,
+        thresholds=filters.FilterThresholds(**EXPRESSION_FILTERS_OPEN),
+    )
+    summary = job.run(
+        str(manifest), str(data_dir), config, flag_values={"input": str(manifest), **EXPRESSION_FILTERS_OPEN}
+    )
     job.print_summary(summary, str(data_dir))
     return summary, True
 

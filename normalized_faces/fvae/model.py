@@ -51,14 +51,25 @@ class ImageEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.base_channels = int(base_channels)
         channels = _stage_channels(self.base_channels)
-        self.convs = [_conv(channels[0], 5, name="conv_128")] + [
-            _conv(c, 3, 2, name=f"conv_{IMAGE_SIZE >> (i + 1)}") for i, c in enumerate(channels[1:])
-        ]
-        self.norms = [keras.layers.BatchNormalization(name=f"norm_{i}") for i in range(len(self.convs))]
+        # One attribute per layer (not a list): tf.train.Checkpoint only follows attributes, and
+        # layers kept in a Python list on a Keras 3 layer would be missing from checkpoints.
+        self.num_stages = len(channels)
+        for i, c in enumerate(channels):
+            size = IMAGE_SIZE >> i
+            setattr(
+                self, f"conv_{size}", _conv(c, 5, name="conv_128") if i == 0 else _conv(c, 3, 2, name=f"conv_{size}")
+            )
+            setattr(self, f"norm_{size}", keras.layers.BatchNormalization(name=f"norm_{size}"))
+
+    def stage(self, i):
+        """(conv, batch norm) of stage i (0: 128 x 128)."""
+        size = IMAGE_SIZE >> i
+        return getattr(self, f"conv_{size}"), getattr(self, f"norm_{size}")
 
     def call(self, images, training=False):
         features, x = [], images
-        for conv, norm in zip(self.convs, self.norms):
+        for i in range(self.num_stages):
+            conv, norm = self.stage(i)
             x = tf.nn.relu(norm(conv(x), training=training))
             features.append(x)
         return features
@@ -80,13 +91,13 @@ class FlowDecoder(keras.layers.Layer):
         channels = _stage_channels(self.base_channels)
         self.bottom = _conv(channels[-1], name="bottom")
         self.bottom_norm = keras.layers.BatchNormalization(name="bottom_norm")
-        self.ups, self.merges, self.up_norms, self.merge_norms = [], [], [], []
-        for i, c in enumerate(reversed(channels[:-1])):  # 8, 16, 32, 64, 128
-            size = LATENT_SIZE << (i + 1)
-            self.ups.append(_conv(c, name=f"up_{size}"))
-            self.merges.append(_conv(c, name=f"merge_{size}"))
-            self.up_norms.append(keras.layers.BatchNormalization(name=f"up_norm_{size}"))
-            self.merge_norms.append(keras.layers.BatchNormalization(name=f"merge_norm_{size}"))
+        # One attribute per layer, as in ImageEncoder (checkpoints follow attributes, not lists).
+        self.sizes = [LATENT_SIZE << (i + 1) for i in range(len(channels) - 1)]  # 8, 16, 32, 64, 128
+        for size, c in zip(self.sizes, reversed(channels[:-1])):
+            setattr(self, f"up_{size}", _conv(c, name=f"up_{size}"))
+            setattr(self, f"merge_{size}", _conv(c, name=f"merge_{size}"))
+            setattr(self, f"up_norm_{size}", keras.layers.BatchNormalization(name=f"up_norm_{size}"))
+            setattr(self, f"merge_norm_{size}", keras.layers.BatchNormalization(name=f"merge_norm_{size}"))
         # The last two layers: no batch norm.
         self.penultimate = _conv(channels[0], name="penultimate")
         self.out = _conv({"flow": 2, "rgb": 3, "mask": 1}[output_kind], 5, name="out")
@@ -94,9 +105,9 @@ class FlowDecoder(keras.layers.Layer):
     def call(self, latent, source_features, training=False):
         x = tf.concat([latent, source_features[-1]], axis=-1)
         x = tf.nn.relu(self.bottom_norm(self.bottom(x), training=training))
-        for up, merge, up_norm, merge_norm, skip in zip(
-            self.ups, self.merges, self.up_norms, self.merge_norms, reversed(source_features[:-1])
-        ):
+        for size, skip in zip(self.sizes, reversed(source_features[:-1])):
+            up, merge = getattr(self, f"up_{size}"), getattr(self, f"merge_{size}")
+            up_norm, merge_norm = getattr(self, f"up_norm_{size}"), getattr(self, f"merge_norm_{size}")
             x = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
             x = tf.nn.relu(up_norm(up(x), training=training))
             x = tf.nn.relu(merge_norm(merge(tf.concat([x, skip], axis=-1)), training=training))
