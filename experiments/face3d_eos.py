@@ -26,10 +26,15 @@ from experiments import lfw_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-flags.DEFINE_string("lfw", str(REPO.parent / "shared" / "faces" / "lfw"), "LFW deep-funneled.")
-flags.DEFINE_string("shared_3dmm", str(REPO.parent / "shared" / "3dmm"), "eos's share/ files.")
-flags.DEFINE_integer("people", 20, "Test people (their first photo).")
-flags.DEFINE_string("figures_dir", None, "Also write face3d_turntables.png here (e.g. docs/results).")
+
+
+def define_flags():
+    """The command's flags, defined on use: tests import compare() beside other experiments that
+    define --lfw too."""
+    flags.DEFINE_string("lfw", str(REPO.parent / "shared" / "faces" / "lfw"), "LFW deep-funneled.")
+    flags.DEFINE_string("shared_3dmm", str(REPO.parent / "shared" / "3dmm"), "eos's share/ files.")
+    flags.DEFINE_integer("people", 20, "Test people (their first photo).")
+    flags.DEFINE_string("figures_dir", None, "Also write face3d_turntables.png here (e.g. docs/results).")
 
 
 class EosFitter:
@@ -158,4 +163,5 @@ def write_figure(people, split, figures_dir: pathlib.Path):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
