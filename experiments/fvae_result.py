@@ -261,10 +261,12 @@ def main(argv):
     for name, label in MODELS.items():
         lfw_result.make_training_stage(name, label, train_config)(run_dir)
     report = evaluate(run_dir)
-    steps = {}
-    for name in MODELS:
-        config = json.loads((run_dir / name / "config.json").read_text())
-        steps[name] = config["trainer"]["train_steps"]
+    import tensorflow as tf
+
+    # The steps the checkpoints hold (what was trained), not the configured count.
+    steps = {
+        name: int(tf.train.latest_checkpoint(str(run_dir / name / "checkpoints")).rsplit("-", 1)[1]) for name in MODELS
+    }
     text = table(report, steps)
     (run_dir / "fvae_results.md").write_text(text)
     print(text)

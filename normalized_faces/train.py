@@ -253,6 +253,10 @@ class _Supervisor(keras.callbacks.Callback):
         self._nonfinite_seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        # Epochs are checkpoint intervals; when train_steps is not a multiple of one, the last
+        # epoch ends early here (on_epoch_end still checkpoints), not at the interval's end.
+        if self._step() >= self.config.trainer.train_steps:
+            self.model.stop_training = True
         count = int(float((logs or {}).get("nonfinite_batches", 0)))
         if count > self._nonfinite_seen:
             self._nonfinite_seen = count

@@ -294,6 +294,14 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path, tiny_data_dir):
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
 
 
+def test_a_run_stops_at_train_steps_between_checkpoint_intervals(tmp_path, tiny_data_dir):
+    """train_steps 6 with checkpoints every 4: 6 optimizer steps, the last checkpoint at 6 (the
+    last interval used to run whole: 8 steps)."""
+    result = train.train(_tiny(tmp_path, tiny_data_dir, train_steps=6, checkpoint_interval=4, identity_weight=0.0))
+    assert result["step"] == 6
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-6")
+
+
 def test_nan_loss_can_be_skipped(tmp_path, tiny_data_dir):
     nan_data = _data_with_nan_landmarks(tiny_data_dir, tmp_path, count=2)
     config = train.tiny_config(
