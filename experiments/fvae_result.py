@@ -276,8 +276,13 @@ def main(argv):
     if FLAGS.figures_dir:
         figures_dir = pathlib.Path(FLAGS.figures_dir)
         figures_dir.mkdir(parents=True, exist_ok=True)
-        for path in paths + [run_dir / "fvae_results.md"]:
-            shutil.copyfile(path, figures_dir / path.name)
+        from PIL import Image
+
+        for path in paths:  # halved and quantized: small enough for the repository
+            image = Image.open(path).convert("RGB")
+            image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+            image.quantize(256, dither=Image.Dither.NONE).save(figures_dir / path.name, optimize=True)
+        shutil.copyfile(run_dir / "fvae_results.md", figures_dir / "fvae_results.md")
 
 
 if __name__ == "__main__":
