@@ -11,6 +11,7 @@ K = 63 shape components, 6 expression blendshapes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 
 import numpy as np
@@ -80,12 +81,20 @@ class SurreyFaceModel:
             np.add.at(normals, self.triangles[:, i], face_normals)
         return normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
-    def neighbours(self) -> list:
-        """Each vertex's neighbours along the mesh's edges (sorted index arrays)."""
-        edges = np.concatenate([self.triangles[:, [0, 1]], self.triangles[:, [1, 2]], self.triangles[:, [2, 0]]])
-        edges = np.unique(np.sort(np.concatenate([edges, edges[:, ::-1]]), axis=1), axis=0)
-        both = np.concatenate([edges, edges[:, ::-1]])
-        order = np.argsort(both[:, 0], kind="stable")
-        both = both[order]
-        splits = np.searchsorted(both[:, 0], np.arange(1, self.num_vertices))
-        return np.split(both[:, 1], splits)
+    @functools.cached_property
+    def edges(self) -> tuple:
+        """(rows, cols, degree): every directed mesh edge rows[i] -> cols[i] once, and each vertex's
+        neighbour count [V, 1]; computed once per model (smoothing and filling reuse it)."""
+        pairs = np.concatenate([self.triangles[:, [0, 1]], self.triangles[:, [1, 2]], self.triangles[:, [2, 0]]])
+        pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+        rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        degree = np.bincount(rows, minlength=self.num_vertices)[:, None].astype(np.float64)
+        return rows, cols, degree
+
+    def neighbour_mean(self, values: np.ndarray) -> np.ndarray:
+        """Each vertex's mean of its neighbours' values [V, C]."""
+        rows, cols, degree = self.edges
+        summed = np.zeros_like(values, dtype=np.float64)
+        np.add.at(summed, rows, values[cols])
+        return summed / degree

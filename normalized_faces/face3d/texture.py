@@ -58,33 +58,21 @@ def vertex_confidence(model: SurreyFaceModel, fit: FaceFit, landmarks: np.ndarra
 def diffuse(model: SurreyFaceModel, values: np.ndarray, fixed: np.ndarray, iterations: int = 200) -> np.ndarray:
     """Fills the vertices not `fixed` [V] bool with the mean of their neighbours, repeatedly (a
     harmonic fill over the mesh's edges); fixed vertices keep their values."""
-    neighbours = model.neighbours()
-    rows = np.repeat(np.arange(model.num_vertices), [len(n) for n in neighbours])
-    cols = np.concatenate(neighbours)
-    degree = np.bincount(rows, minlength=model.num_vertices)[:, None].astype(np.float64)
     values = np.asarray(values, np.float64).copy()
     free = ~fixed
     if fixed.any():
         values[free] = values[fixed].mean(axis=0)
     for _ in range(iterations):
-        summed = np.zeros_like(values)
-        np.add.at(summed, rows, values[cols])
-        values[free] = (summed / degree)[free]
+        values[free] = model.neighbour_mean(values)[free]
     return values
 
 
 def smooth(model: SurreyFaceModel, values: np.ndarray, iterations: int = 2, amount: float = 0.5) -> np.ndarray:
     """Laplacian smoothing of per-vertex values: each step moves a vertex `amount` of the way to its
     neighbours' mean."""
-    neighbours = model.neighbours()
-    rows = np.repeat(np.arange(model.num_vertices), [len(n) for n in neighbours])
-    cols = np.concatenate(neighbours)
-    degree = np.bincount(rows, minlength=model.num_vertices)[:, None].astype(np.float64)
     values = np.asarray(values, np.float64).copy()
     for _ in range(iterations):
-        summed = np.zeros_like(values)
-        np.add.at(summed, rows, values[cols])
-        values = (1 - amount) * values + amount * summed / degree
+        values = (1 - amount) * values + amount * model.neighbour_mean(values)
     return values
 
 

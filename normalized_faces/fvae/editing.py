@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from normalized_faces import expressions
 from normalized_faces import landmarks as lm
+from normalized_faces.config import RUN_CONFIG_FILE, TrainConfig
 from normalized_faces.fvae import losses
 from normalized_faces.fvae import model as fvae
 
@@ -49,8 +50,8 @@ def mean_latents_for_run(model_dir, model) -> dict:
 
     path = pathlib.Path(model_dir) / MEAN_LATENTS_FILE
     if not path.exists():
-        config = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
-        data_dir = config["trainer"]["data_dir"]
+        config = TrainConfig.from_json(json.loads((pathlib.Path(model_dir) / RUN_CONFIG_FILE).read_text()))
+        data_dir = config.trainer.data_dir
         means = fvae_data.mean_latents(model, fvae_data.load_photos(data_dir, "train"))
         np.savez(path, **means)
     with np.load(path) as arrays:
