@@ -124,6 +124,7 @@ def build_pipeline(
     counts = [
         photos | "Count inputs" >> beam.Map(lambda _: ("inputs", 1)),
         face_sources | "Count accepted" >> beam.Map(lambda f: ("accepted_photos", len(f.parents))),
+        processed.kept | "Count neutralized" >> beam.Map(lambda kv: ("neutralized_photos", int(kv[1].neutralized))),
         rejected | "Count rejected" >> beam.Map(lambda r: (f"rejected/{r['reason']}", 1)),
         *identity_counts,
     ]
@@ -197,6 +198,7 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         "mode": config.mode,
         "inputs": counts.get("inputs", 0),
         "accepted": counts.get("accepted_photos", 0),
+        "neutralized": counts.get("neutralized_photos", 0),
         "rejected": sum(rejected.values()),
         "rejected_by_reason": dict(sorted(rejected.items())),
         "records": dict(sorted(records.items())),
@@ -268,6 +270,8 @@ def check_books(summary: dict) -> None:
 
 def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
     print(f"inputs {summary['inputs']} = accepted {summary['accepted']} + rejected {summary['rejected']}", file=stream)
+    if summary.get("neutralized"):
+        print(f"  accepted after an edit towards neutral (--neutralize_with): {summary['neutralized']}", file=stream)
     if summary.get("mode") == "photos":
         print(f"photos: accepted {summary['accepted']} = written {summary['written_photos']}", file=stream)
     else:

@@ -20,8 +20,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from data_prep import average, filters, morph
-from normalized_faces import alignment
+from data_prep import average, filters, morph, neutralize
+from normalized_faces import alignment, expressions
 from normalized_faces import landmarks as lm
 from normalized_faces.config_flags import option
 from normalized_faces.photos import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedPhoto, decode_photo
@@ -67,6 +67,12 @@ class PrepConfig:
     )
     min_side: int = option(DEFAULT_MIN_SIDE, "Reject images smaller than this on a side (px).")
     thresholds: filters.FilterThresholds = filters.FilterThresholds()
+    neutralize_with: str | None = option(
+        None,
+        "A flow VAE export (a --method=fvae run, exported): photos rejected only for smiling or an open mouth are "
+        "edited towards neutral and kept if they then pass every filter (data_prep/neutralize.py). Default: dropped.",
+        kind=str,
+    )
     apply_filters: bool = option(
         True, "Apply the frontal/neutral/sharp/colour/eyeglasses filters (stage 4).", flag="filters"
     )
@@ -91,6 +97,7 @@ class AlignedPhoto:
     identity: str
     image: np.ndarray | None  # [S, S, 3] uint8; None once staged (StagePhoto): read it with load_staged_photo
     landmarks: np.ndarray  # [68, 2]
+    neutralized: bool = False  # edited towards neutral (--neutralize_with) before it passed the filters
 
 
 @dataclasses.dataclass
@@ -126,7 +133,17 @@ def _count(name):
 
 # Per-stage CPU time (milliseconds per item, as Beam distributions): job.stage_speeds turns them
 # into items per second per worker, which the summary prints beside the job's wall-clock time.
-STAGE_TIMERS = ("read_decode", "detect", "align_filter", "average", "decompose", "stage_face", "morph", "serialize")
+STAGE_TIMERS = (
+    "read_decode",
+    "detect",
+    "align_filter",
+    "neutralize",
+    "average",
+    "decompose",
+    "stage_face",
+    "morph",
+    "serialize",
+)
 
 
 class _Timer:
@@ -151,6 +168,7 @@ class ProcessPhoto(beam.DoFn):
     def __init__(self, config: PrepConfig):
         self.config = config
         self._detector = None
+        self._neutralizer = None
         self._seen = 0
 
     def setup(self):
@@ -158,6 +176,10 @@ class ProcessPhoto(beam.DoFn):
         from normalized_faces.detection import FaceDetector
 
         self._detector = FaceDetector(self.config.detector, self.config.upsample)
+        if self.config.neutralize_with:
+            from data_prep.neutralize import Neutralizer
+
+            self._neutralizer = Neutralizer(self.config.neutralize_with)
 
     def _detect(self, image):
         return self._detector(image)
@@ -238,12 +260,44 @@ class ProcessPhoto(beam.DoFn):
         if config.apply_filters:
             measures = filters.measure(aligned.image, aligned.landmarks, source=(image, points))
             failure = filters.first_failure(measures, config.thresholds)
+            after = ""
+            if failure and failure[0] in neutralize.EXPRESSION_REASONS and self._neutralizer is not None:
+                failure = filters.first_failure(measures, neutralize.without_expression_filters(config.thresholds))
+                if failure is None:  # only the expression failed: edit it towards neutral, then judge again
+                    aligned, failure = self._neutralize(aligned, measures)
+                    after = " after neutralizing"
             if failure:
                 reason, value, threshold = failure
                 raise RejectedPhoto(
-                    reason, f"{value:.3f} vs threshold {threshold:g}", stage="filter", value=value, threshold=threshold
+                    reason,
+                    f"{value:.3f} vs threshold {threshold:g}{after}",
+                    stage="filter",
+                    value=value,
+                    threshold=threshold,
                 )
-        return AlignedPhoto(photo.path, photo.identity, aligned.image, aligned.landmarks)
+        return AlignedPhoto(photo.path, photo.identity, aligned.image, aligned.landmarks, neutralized=bool(after))
+
+    def _neutralize(self, aligned, measures):
+        """The aligned face edited towards neutral, its landmarks found again on the edit; returns
+        (aligned, the first filter it now fails or None). Blur, colour and glasses are measured
+        before the edit (a flow does not change them); pose and expressions from the new landmarks."""
+        with timed("neutralize"):
+            edited = self._neutralizer(aligned.image, aligned.landmarks)
+            faces = self._detect(edited)
+        if not faces:
+            raise RejectedPhoto("no_face", "no face found on the crop after neutralizing", stage="filter")
+        points = faces[0].landmarks
+        yaw, pitch = filters.head_pose(points, edited.shape[0])
+        measures = {
+            **measures,
+            "yaw": yaw,
+            "pitch": pitch,
+            "mouth_open": expressions.mouth_open(points),
+            "smile": expressions.smile(points),
+            "eye_open": filters.eye_openness(points),
+        }
+        failure = filters.first_failure(measures, self.config.thresholds)
+        return dataclasses.replace(aligned, image=edited, landmarks=points), failure
 
 
 class AverageIdentity(beam.DoFn):

@@ -301,3 +301,36 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     assert "exactly two photos" in lines[0]
     assert command.run(str(model_dir), str(tmp_path / "interp"), photos, interpolate=True, steps=3, report=print) == 0
     assert len(list((tmp_path / "interp").glob("interpolation_*.png"))) == 4
+
+    # Beyond the paper: data prep with --neutralize_with=the export. A photo rejected only for
+    # smiling is edited and judged again (this tiny model barely moves it, so it is rejected
+    # "after neutralizing", or kept and counted); a photo failing another filter is not edited;
+    # a neutral photo passes as before. The books balance.
+    import json
+
+    from data_prep import job, stages
+    from data_prep.neutralize import Neutralizer
+
+    sharon = lfw10 / "Ariel_Sharon"
+    chosen = tmp_path / "prep_input" / "Ariel_Sharon"
+    chosen.mkdir(parents=True)
+    for name in ("Ariel_Sharon_0001.jpg", "Ariel_Sharon_0002.jpg", "Ariel_Sharon_0004.jpg"):  # smiling, kept, yaw
+        (chosen / name).write_bytes((sharon / name).read_bytes())
+    config = stages.PrepConfig(mode="photos", neutralize_with=str(tmp_path / "export"))
+    summary = job.run(str(chosen.parent), str(tmp_path / "prep"), config, ["--direct_running_mode=in_memory"])
+    assert summary["inputs"] == 3 == summary["accepted"] + summary["rejected"]
+    rejected = {
+        pathlib.Path(r["path"]).name: r
+        for r in map(json.loads, (tmp_path / "prep" / "rejected.jsonl").read_text().splitlines())
+    }
+    assert rejected["Ariel_Sharon_0004.jpg"]["reason"] == "head_pose_yaw"
+    assert "neutralizing" not in rejected["Ariel_Sharon_0004.jpg"]["detail"]
+    assert "Ariel_Sharon_0002.jpg" not in rejected
+    if "Ariel_Sharon_0001.jpg" in rejected:
+        smiling = rejected["Ariel_Sharon_0001.jpg"]
+        assert smiling["reason"] in ("smiling", "mouth_open") and "after neutralizing" in smiling["detail"]
+        assert summary["neutralized"] == 0
+    else:
+        assert summary["neutralized"] == 1
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        Neutralizer(tmp_path / "missing")
