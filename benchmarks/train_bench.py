@@ -22,6 +22,9 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
                              train.resolve_precision)
     +xla                     --jit_compile (XLA for the whole step; the warp then composes TF ops)
     defaults                 what train_main.py does with no flags (precision auto)
+  --allocators=bfc,system runs the whole benchmark once per CPU allocator, each in its own process
+  (TF_CPU_ALLOCATOR_USE_BFC=true / false: it is fixed when TensorFlow first allocates), one after
+  the other; bfc is the default (normalized_faces/__init__.py), system is TensorFlow's own default.
   --identity_weight=0 (the paper's ablation) is shown as "before" and "cache" too: without the
   identity loss the cached step runs no encoder and no warp at all.
 
@@ -34,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,6 +73,13 @@ LEVERS = {
     "defaults (train_main.py)": dict(cache=True),
 }
 flags.DEFINE_list("levers", list(LEVERS), "Which step variants to time (default: all, in this order).")
+ALLOCATORS = {"bfc": "true", "system": "false"}  # TF_CPU_ALLOCATOR_USE_BFC
+flags.DEFINE_list(
+    "allocators",
+    [],
+    "Run everything once per CPU allocator (bfc, system), each in a fresh process; empty: this process's "
+    "(bfc unless TF_CPU_ALLOCATOR_USE_BFC says otherwise).",
+)
 
 
 def config_for(name, **overrides):
@@ -165,14 +177,28 @@ def breakdown(config, batch):
     }
 
 
+def run_per_allocator(argv) -> None:
+    """This benchmark re-run in a fresh process per allocator in --allocators (same other flags)."""
+    for name in FLAGS.allocators:
+        if name not in ALLOCATORS:
+            raise app.UsageError(f"--allocators: {name!r} is not one of {sorted(ALLOCATORS)}")
+    child_args = [a for a in sys.argv[1:] if not a.startswith("--allocators")] + ["--allocators="]
+    for name in FLAGS.allocators:
+        print(f"\n=== CPU allocator {name} (TF_CPU_ALLOCATOR_USE_BFC={ALLOCATORS[name]})", flush=True)
+        env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": ALLOCATORS[name]}
+        subprocess.run([sys.executable, os.path.abspath(__file__), *child_args], env=env, check=True)
+
+
 def main(argv):
-    del argv
+    if FLAGS.allocators:
+        return run_per_allocator(argv)
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     rng = np.random.default_rng(0)
     batch = random_batch(rng, FLAGS.batch_size)
     print(
-        f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}; ms per step (median of {FLAGS.runs})"
+        f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, CPU allocator "
+        f"{train.cpu_allocator()}; ms per step (median of {FLAGS.runs})"
     )
     for name in FLAGS.configs:
         base = config_for(name)

@@ -12,4 +12,13 @@ Modules:
   landmarks   the 68-point layout and a frontal template; visualize: grids, landmarks, flows
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# TensorFlow's BFC allocator for CPU tensors unless the user chose (TF_CPU_ALLOCATOR_USE_BFC=false:
+# the system's malloc). malloc hands the step's large tensors back to the kernel and maps them again
+# every step; on the 2-core machine of the README's "Speed" that was a third of a training process's
+# CPU time spent in the kernel. Read when TensorFlow first allocates, so importing this package
+# before running any TensorFlow op is enough (train.cpu_allocator() says which one is in use).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

@@ -91,6 +91,16 @@ def resolve_precision(precision: str) -> str:
     return "mixed_bfloat16" if cpu_has_amx_bfloat16() else "float32"
 
 
+def cpu_allocator() -> str:
+    """Which allocator holds CPU tensors in this process: "bfc" (TensorFlow's best-fit-with-coalescing
+    allocator, this package's default: see normalized_faces/__init__.py) or "system" (malloc)."""
+    try:
+        tf.config.experimental.get_memory_info("CPU:0")  # only the BFC allocator keeps statistics
+    except ValueError:
+        return "system"
+    return "bfc"
+
+
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
@@ -449,6 +459,7 @@ def _train(config: TrainConfig) -> dict:
     precision = resolve_precision(config.runtime.precision)
     if config.runtime.precision == "auto":
         print(f"precision auto -> {precision}", flush=True)
+    print(f"CPU tensors: {cpu_allocator()} allocator (TF_CPU_ALLOCATOR_USE_BFC)", flush=True)
     if precision != "float32":
         keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.runtime.strategy, config.runtime.tpu)

@@ -503,3 +503,17 @@ def test_fused_adam_updates_exactly_as_keras_adam(rng):
     assert not np.allclose(results[0][0], initial[0])
     with pytest.raises(ValueError, match="amsgrad"):
         FusedAdam(amsgrad=True)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "bfc"), ("false", "system")])
+def test_cpu_allocator_is_bfc_unless_the_environment_says_otherwise(setting, expected):
+    """Importing normalized_faces before TensorFlow allocates picks TensorFlow's BFC allocator for
+    CPU tensors (README "Training": malloc remapped the step's tensors every step); an explicit
+    TF_CPU_ALLOCATOR_USE_BFC wins. Each case in a fresh process: the choice is fixed at first use."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if setting is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = setting
+    script = "import tensorflow as tf\nfrom normalized_faces import train\ntf.ones([4])\nprint(train.cpu_allocator())\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected
