@@ -203,11 +203,14 @@ class FlowVAE(RebuildsForInference, keras.Model):
         features = self.target_encoder(target, training=training)[-1]
         return self.to_mean(features), self.to_log_variance(features)
 
-    def decode(self, source, latent, training=False):
-        """{"output": g(S, Z), "flow" (flow model only), "mask": M(S, Z)} for source photos and latents."""
+    def decode(self, source, latent, training=False, with_mask=True):
+        """{"output": g(S, Z), "flow" (flow model only), "mask": M(S, Z) (unless with_mask=False)} for
+        source photos and latents."""
         features = self.source_encoder(source, training=training)
         predicted = self.decoder(latent, features, training=training)
-        out = {"mask": self.mask_decoder(tf.stop_gradient(latent), [tf.stop_gradient(f) for f in features])}
+        out = {}
+        if with_mask:
+            out["mask"] = self.mask_decoder(tf.stop_gradient(latent), [tf.stop_gradient(f) for f in features])
         if self.output_kind == "flow":
             out.update(flow=predicted, output=apply_flow(source, predicted))
         else:
@@ -216,15 +219,18 @@ class FlowVAE(RebuildsForInference, keras.Model):
 
     image_size = IMAGE_SIZE
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, with_mask=True):
         if not isinstance(inputs, dict):  # one batch of photos: each reconstructs itself
             inputs = {"source": inputs, "target": inputs}
         mean, log_variance = self.encode(inputs["target"], training=training)
         latent = sample_latent(mean, log_variance) if training else mean
-        return {**self.decode(inputs["source"], latent, training=training), "mean": mean, "log_variance": log_variance}
+        decoded = self.decode(inputs["source"], latent, training=training, with_mask=with_mask)
+        return {**decoded, "mean": mean, "log_variance": log_variance}
 
-    def losses_for(self, batch, training=False):
-        out = self(batch, training=training)
+    def losses_for(self, batch, training=False, with_mask=True):
+        """The loss terms of a batch {"source", "target"}. with_mask=False skips the mask decoder
+        (the flow phase of training: its loss is then reported as 0)."""
+        out = self(batch, training=training, with_mask=with_mask)
         target = batch["target"]
         terms = {
             "reconstruction_loss": losses.reconstruction_loss(target, out["output"]),
@@ -234,8 +240,10 @@ class FlowVAE(RebuildsForInference, keras.Model):
         if self.output_kind == "flow" and self.coherence_weight > 0:
             terms["coherence_loss"] = losses.coherence_loss(out["flow"], target, self.coherence_alpha)
             terms["loss"] += self.coherence_weight * terms["coherence_loss"]
-        confidence = losses.mask_target(target, tf.stop_gradient(out["output"]), self.mask_beta)
-        terms["mask_loss"] = losses.mask_loss(out["mask"], confidence)
+        terms["mask_loss"] = tf.constant(0.0)
+        if with_mask:
+            confidence = losses.mask_target(target, tf.stop_gradient(out["output"]), self.mask_beta)
+            terms["mask_loss"] = losses.mask_loss(out["mask"], confidence)
         return terms
 
     def build_for_training(self):
@@ -256,21 +264,21 @@ class FlowVAE(RebuildsForInference, keras.Model):
 
     def train_step(self, batch):
         main_variables, mask_variables = self._variables_by_phase()
-        with tf.GradientTape(persistent=True) as tape:
-            terms = self.losses_for(batch, training=True)
-        main_gradients = tape.gradient(terms["loss"], main_variables)
-        mask_gradients = tape.gradient(terms["mask_loss"], mask_variables)
-        del tape
 
-        def apply(gradients, variables):
-            def update():
-                self.optimizer.apply_gradients(zip(gradients, variables))
-                return tf.constant(0)
+        # One set of weights moves per step (Adam's momentum would move the other set on zero
+        # gradients), and each phase computes only what it needs: the flow phase runs no mask
+        # decoder, the mask phase no gradients of the flow model.
+        def phase(mask_phase: bool):
+            def run():
+                with tf.GradientTape() as tape:
+                    terms = self.losses_for(batch, training=True, with_mask=mask_phase)
+                loss, variables = (terms["mask_loss"], mask_variables) if mask_phase else (terms["loss"], main_variables)
+                self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                return terms
 
-            return update
+            return run
 
-        # One set moves per step; Adam's momentum would move the other set on zero gradients.
-        tf.cond(self.in_mask_phase(), apply(mask_gradients, mask_variables), apply(main_gradients, main_variables))
+        terms = tf.cond(self.in_mask_phase(), phase(True), phase(False))
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items() if name in terms}
