@@ -23,7 +23,8 @@ benchmarks/tfa_reference_worker.py), the real reference is timed side by side: t
 are handed to a worker process running tfa.image.sparse_image_warp, and ours and tfa's are timed in
 alternating blocks (--rounds of --runs calls each, graph mode, forward and forward + backward with
 gradients w.r.t. image and destination points), so both see the same machine load. Prints the
-medians and the ratios, and checks that both warps return the same image.
+medians and the ratios, and checks that both warps return the same image. --reference_allocator
+sets the reference process's CPU allocator (system: TensorFlow's default; bfc: what ours runs with).
 
     python benchmarks/warp_bench.py --reference_python=/tmp/tfa/bin/python --batch_sizes=16
 
@@ -44,7 +45,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from normalized_faces import landmarks, warp  # noqa: E402
+from normalized_faces import landmarks, train, warp  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes to time.")
@@ -56,6 +57,14 @@ flags.DEFINE_string(
     "reference_python", None, "Interpreter with TF 2.15 + tensorflow-addons 0.23: time the real reference side by side."
 )
 flags.DEFINE_bool("parts", False, "Also time the warp's parts (fit, grid evaluation, upsampling, sampling).")
+flags.DEFINE_enum(
+    "reference_allocator",
+    "system",
+    ["system", "bfc"],
+    "With --reference_python: the reference process's CPU allocator: system (TensorFlow's default, malloc) or bfc "
+    "(TF_CPU_ALLOCATOR_USE_BFC=true, what importing normalized_faces gives ours); tfa's time depends on it, ours "
+    "hardly (the fused kernels allocate little).",
+)
 flags.DEFINE_integer("rounds", 5, "With --reference_python: alternating rounds (ours, tfa) per figure.")
 flags.DEFINE_list(
     "reference_variants",
@@ -183,7 +192,11 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={
+                **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "TF_CPU_ALLOCATOR_USE_BFC": "true" if FLAGS.reference_allocator == "bfc" else "false",
+            },
         )
 
         def ask(command):
@@ -196,7 +209,8 @@ def compare_with_reference(reference_python, batch, runs, rounds, n, variant_nam
             raise RuntimeError(f"the reference worker did not start under {reference_python}: {ready!r}")
         print(
             f"\nside by side with the real reference ({ready[6:]}, in {reference_python}), batch {batch}, "
-            f"{FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1, graph mode;"
+            f"{FLAGS.size}x{FLAGS.size}x3, 68 points + {4 * n} border, order 1, graph mode; CPU allocator: "
+            f"ours {train.cpu_allocator()}, the reference's {FLAGS.reference_allocator};"
         )
         print(f"{rounds} alternating rounds of {runs} calls; median ms of the round medians")
         args = [tf.constant(x) for x in (image, source, dest)]
