@@ -1,0 +1,141 @@
+"""Short flow VAE runs that choose its settings on validation people (never the test people).
+
+    python -m experiments.fvae_probe --run_dir=runs/fvae --probe=coherence_1 --coherence_weight=1 \
+        [--coherence_alpha=10] [--fvae_train_steps=300]
+
+Trains the flow model alone (no mask phase) on RUN/photo_data (fvae_result's data prep, run first
+if missing) into RUN/probes/<probe>, then scores it on pairs of the validation people: PSNR of
+g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels between neighbouring
+pixels' flows (a torn flow is rough; the paper's flows are smooth), and writes a grid of
+source | output | flow | target. RUN/probes/summary.md lists every probe so far.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+from absl import app, flags
+
+from experiments import fvae_result, lfw_result
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("probe", None, "The probe's name: its folder under RUN/probes.")
+flags.DEFINE_float("coherence_weight", 0.001, "lambda2, the flow coherence's weight (paper: 0.001).")
+flags.DEFINE_float("coherence_alpha", 10.0, "alpha of the coherence's colour term.")
+flags.DEFINE_float("kl_weight", 0.003, "lambda1, the KL term's weight (paper: 0.003).")
+flags.DEFINE_integer("validation_pairs_per_person", 2, "Validation pairs per validation person.")
+flags.mark_flag_as_required("probe")
+
+
+def probe_config(run_dir: pathlib.Path):
+    return fvae_result.train_config(run_dir, "flow").replace(
+        model_dir=str(run_dir / "probes" / FLAGS.probe),
+        fvae_mask_steps=0,
+        fvae_coherence_weight=FLAGS.coherence_weight,
+        fvae_coherence_alpha=FLAGS.coherence_alpha,
+        fvae_kl_weight=FLAGS.kl_weight,
+    )
+
+
+def flow_roughness(flows) -> np.ndarray:
+    """Mean distance in pixels between the flows of horizontally and vertically neighbouring pixels,
+    per example: flows [N, H, W, 2] in normalized coordinates (1 = half the side)."""
+    size = flows.shape[1]
+    pixels = np.asarray(flows, np.float64) * (size - 1) / 2.0
+    dx = np.linalg.norm(np.diff(pixels, axis=2), axis=-1).mean(axis=(1, 2))
+    dy = np.linalg.norm(np.diff(pixels, axis=1), axis=-1).mean(axis=(1, 2))
+    return (dx + dy) / 2.0
+
+
+def flow_image(flows) -> np.ndarray:
+    """Flows [N, H, W, 2] as colours (hue: direction, value: length up to 8 px): uint8 [N, H, W, 3]."""
+    import cv2
+
+    size = flows.shape[1]
+    pixels = np.asarray(flows) * (size - 1) / 2.0
+    angle = (np.degrees(np.arctan2(pixels[..., 1], pixels[..., 0])) % 360) / 2
+    length = np.clip(np.linalg.norm(pixels, axis=-1) / 8.0, 0, 1) * 255
+    hsv = np.stack([angle, np.full_like(angle, 255), length], -1).astype(np.uint8)
+    return np.stack([cv2.cvtColor(h, cv2.COLOR_HSV2RGB) for h in hsv])
+
+
+@lfw_result.stage("probe: evaluation on validation pairs")
+def evaluate_probe(run_dir: pathlib.Path):
+    from PIL import Image
+
+    from normalized_faces import inference, visualize
+    from normalized_faces.fvae import data as fvae_data
+
+    probe_dir = run_dir / "probes" / FLAGS.probe
+    report_path = probe_dir / "probe.json"
+    if report_path.exists():
+        return json.loads(report_path.read_text()), False
+    model = inference.restore_training_model(probe_dir)
+    photos = fvae_data.load_photos(run_dir / "photo_data", "validation")
+    pairs = fvae_result.test_pairs(photos, FLAGS.validation_pairs_per_person)
+    sources = np.stack([fvae_data.colour_transfer(photos.images[s], photos.images[t]) for s, t in pairs])
+    targets = photos.images[[t for _, t in pairs]]
+    outputs, flows = [], []
+    for start in range(0, len(pairs), 32):
+        batch = {
+            k: fvae_data.to_model_range(v[start : start + 32]) for k, v in (("source", sources), ("target", targets))
+        }
+        out = model(batch)
+        outputs.append(out["output"].numpy())
+        flows.append(out["flow"].numpy())
+    outputs, flows = np.concatenate(outputs), np.concatenate(flows)
+    psnr = fvae_result.psnr(outputs, np.asarray(fvae_data.to_model_range(targets)))
+    roughness = flow_roughness(flows)
+    report = {
+        "probe": FLAGS.probe,
+        "coherence_weight": FLAGS.coherence_weight,
+        "coherence_alpha": FLAGS.coherence_alpha,
+        "kl_weight": FLAGS.kl_weight,
+        "steps": FLAGS.fvae_train_steps,
+        "pairs": len(pairs),
+        "psnr": float(psnr.mean()),
+        "source_psnr": float(
+            fvae_result.psnr(fvae_data.to_model_range(sources), fvae_data.to_model_range(targets)).mean()
+        ),
+        "flow_roughness_px": float(roughness.mean()),
+    }
+    to_uint8 = lambda x: np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+    picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
+    colours = flow_image(flows[picks])
+    rows = [[sources[i], to_uint8(outputs[i]), colours[k], targets[i]] for k, i in enumerate(picks)]
+    Image.fromarray(visualize.image_grid(rows, column_titles=["source", "output", "flow", "target"])).save(
+        probe_dir / "probe_grid.png"
+    )
+    report_path.write_text(json.dumps(report, indent=2))
+    return report, True
+
+
+def summary(run_dir: pathlib.Path) -> str:
+    lines = [
+        "| probe | steps | lambda2 | alpha | lambda1 | validation PSNR | source PSNR | flow roughness (px) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted((run_dir / "probes").glob("*/probe.json")):
+        r = json.loads(path.read_text())
+        lines.append(
+            f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
+            f"{r['kl_weight']:g} | {r['psnr']:.2f} | {r['source_psnr']:.2f} | {r['flow_roughness_px']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    run_dir, people, split = lfw_result.start_run()
+    fvae_result.prepare_training_photos(run_dir, people, split)
+    lfw_result.make_training_stage(FLAGS.probe, f"probe {FLAGS.probe}", lambda r, _: probe_config(r))(run_dir)
+    evaluate_probe(run_dir)
+    text = summary(run_dir)
+    (run_dir / "probes" / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
