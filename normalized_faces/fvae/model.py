@@ -272,7 +272,9 @@ class FlowVAE(RebuildsForInference, keras.Model):
             def run():
                 with tf.GradientTape() as tape:
                     terms = self.losses_for(batch, training=True, with_mask=mask_phase)
-                loss, variables = (terms["mask_loss"], mask_variables) if mask_phase else (terms["loss"], main_variables)
+                loss, variables = (
+                    (terms["mask_loss"], mask_variables) if mask_phase else (terms["loss"], main_variables)
+                )
                 self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
                 return terms
 
