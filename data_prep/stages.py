@@ -176,10 +176,8 @@ class ProcessPhoto(beam.DoFn):
         from normalized_faces.detection import FaceDetector
 
         self._detector = FaceDetector(self.config.detector, self.config.upsample)
-        if self.config.neutralize_with:
-            from data_prep.neutralize import Neutralizer
-
-            self._neutralizer = Neutralizer(self.config.neutralize_with)
+        if self.config.neutralize_with:  # the flow VAE's SavedModel, once per worker
+            self._neutralizer = neutralize.Neutralizer(self.config.neutralize_with)
 
     def _detect(self, image):
         return self._detector(image)
