@@ -14,9 +14,9 @@ Speed on CPUs (README "Training", measured by benchmarks/train_bench.py): the en
 identity loss's chip render at flow stride 2, fused Adam and TensorFlow's BFC allocator for CPU
 tensors (normalized_faces/__init__.py) are the defaults because each measured faster; mixed_bfloat16
 is the default only where the CPU has AMX bfloat16 tiles (it measured slower without them; with
-them it is not measured); --jit_compile (XLA) is off because it measured slower here. The warp runs on fused C++ kernels (compiled with g++ on
-first use, cached in ~/.cache/normalized_faces) where it can: float32 on the CPU outside XLA;
-NORMALIZED_FACES_WARP_KERNELS=tf switches them off.
+them it is not measured); --jit_compile (XLA) is off because it measured slower here. The warp
+runs on fused C++ kernels (compiled with g++ on first use, cached in ~/.cache/normalized_faces)
+where it can: float32 on the CPU outside XLA; NORMALIZED_FACES_WARP_KERNELS=tf switches them off.
 """
 
 from __future__ import annotations
