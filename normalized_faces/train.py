@@ -459,10 +459,12 @@ def _train(config: TrainConfig) -> dict:
     precision = resolve_precision(config.runtime.precision)
     if config.runtime.precision == "auto":
         print(f"precision auto -> {precision}", flush=True)
-    print(f"CPU tensors: {cpu_allocator()} allocator (TF_CPU_ALLOCATOR_USE_BFC)", flush=True)
     if precision != "float32":
         keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.runtime.strategy, config.runtime.tpu)
+    # After the strategy: asking the allocator starts TensorFlow's runtime, and a multi-worker
+    # strategy must configure its collective ops before that.
+    print(f"CPU tensors: {cpu_allocator()} allocator (TF_CPU_ALLOCATOR_USE_BFC)", flush=True)
     chief = is_chief(strategy)
     _write_config(config, model_dir, chief)
     metadata = data.load_metadata(config.trainer.data_dir)
