@@ -177,7 +177,7 @@ def breakdown(config, batch):
     }
 
 
-def run_per_allocator(argv) -> None:
+def run_per_allocator() -> None:
     """This benchmark re-run in a fresh process per allocator in --allocators (same other flags)."""
     for name in FLAGS.allocators:
         if name not in ALLOCATORS:
@@ -190,8 +190,9 @@ def run_per_allocator(argv) -> None:
 
 
 def main(argv):
+    del argv
     if FLAGS.allocators:
-        return run_per_allocator(argv)
+        return run_per_allocator()
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     rng = np.random.default_rng(0)

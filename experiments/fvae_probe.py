@@ -75,8 +75,7 @@ def evaluate_probe(run_dir: pathlib.Path):
     model = inference.restore_training_model(probe_dir)
     photos = fvae_data.load_photos(run_dir / "photo_data", "validation")
     pairs = fvae_result.test_pairs(photos, FLAGS.validation_pairs_per_person)
-    sources = np.stack([fvae_data.colour_transfer(photos.images[s], photos.images[t]) for s, t in pairs])
-    targets = photos.images[[t for _, t in pairs]]
+    sources, targets = fvae_result.transferred_pairs(photos, pairs)
     outputs, flows = [], []
     for start in range(0, len(pairs), 32):
         batch = {
@@ -101,10 +100,9 @@ def evaluate_probe(run_dir: pathlib.Path):
         ),
         "flow_roughness_px": float(roughness.mean()),
     }
-    to_uint8 = lambda x: np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
     picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
     colours = flow_image(flows[picks])
-    rows = [[sources[i], to_uint8(outputs[i]), colours[k], targets[i]] for k, i in enumerate(picks)]
+    rows = [[sources[i], fvae_result.to_uint8(outputs[i]), colours[k], targets[i]] for k, i in enumerate(picks)]
     Image.fromarray(visualize.image_grid(rows, column_titles=["source", "output", "flow", "target"])).save(
         probe_dir / "probe_grid.png"
     )

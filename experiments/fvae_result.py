@@ -99,6 +99,22 @@ def test_pairs(photos, per_person: int, seed: int = 0) -> list:
     return pairs
 
 
+def transferred_pairs(photos, pairs) -> tuple:
+    """(sources, targets) uint8 [N, S, S, 3] for (s, t) index pairs, each S colour-transferred to
+    its T as in training."""
+    from normalized_faces.fvae import data as fvae_data
+
+    sources = np.stack([fvae_data.colour_transfer(photos.images[s], photos.images[t]) for s, t in pairs])
+    return sources, photos.images[[t for _, t in pairs]]
+
+
+def to_uint8(images) -> np.ndarray:
+    """Model-range images [-1, 1] -> uint8 (visualize.to_uint8 takes [0, 1])."""
+    from normalized_faces import visualize
+
+    return visualize.to_uint8((np.asarray(images, np.float32) + 1) / 2)
+
+
 def psnr(a, b) -> np.ndarray:
     """Per image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=(1, 2, 3))
@@ -143,8 +159,7 @@ def evaluate(run_dir: pathlib.Path):
     models = {name: inference.restore_training_model(run_dir / name) for name in MODELS}
     photos = fvae_data.load_photos(run_dir / "test_photo_data", "train")
     pairs = test_pairs(photos, FLAGS.pairs_per_person)
-    sources = np.stack([fvae_data.colour_transfer(photos.images[s], photos.images[t]) for s, t in pairs])
-    targets = photos.images[[t for _, t in pairs]]
+    sources, targets = transferred_pairs(photos, pairs)
     sources, targets = (np.asarray(fvae_data.to_model_range(x)) for x in (sources, targets))
     mean_flow = mean_training_flow(models["flow"], run_dir / "photo_data")
     np.save(run_dir / "mean_flow.npy", mean_flow)
@@ -191,13 +206,11 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
     photos = fvae_data.load_photos(run_dir / "test_photo_data", "train")
     pairs = [tuple(p) for p in report["pair_indices"]]
     chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, count).astype(int)]
-    sources = np.stack([fvae_data.colour_transfer(photos.images[s], photos.images[t]) for s, t in chosen])
-    targets = photos.images[[t for _, t in chosen]]
+    sources, targets = transferred_pairs(photos, chosen)
     mean_flow = np.load(run_dir / "mean_flow.npy")
     outputs = predictions(
         models, *(np.asarray(fvae_data.to_model_range(x)) for x in (sources, targets)), mean_flow=mean_flow
     )
-    to_uint8 = lambda x: np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
     rows = [
         [
             sources[i],
@@ -261,12 +274,7 @@ def main(argv):
     for name, label in MODELS.items():
         lfw_result.make_training_stage(name, label, train_config)(run_dir)
     report = evaluate(run_dir)
-    import tensorflow as tf
-
-    # The steps the checkpoints hold (what was trained), not the configured count.
-    steps = {
-        name: int(tf.train.latest_checkpoint(str(run_dir / name / "checkpoints")).rsplit("-", 1)[1]) for name in MODELS
-    }
+    steps = {name: lfw_result.trained_steps(run_dir / name) for name in MODELS}
     text = table(report, steps)
     (run_dir / "fvae_results.md").write_text(text)
     print(text)

@@ -173,6 +173,14 @@ def make_training_stage(name, label=None, config_for=None):
     return train_variant
 
 
+def trained_steps(model_dir: pathlib.Path) -> int | None:
+    """The step of a run's latest checkpoint (what was trained, not the configured count), or None."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else None
+
+
 def _latest_checkpoint_time(model_dir: pathlib.Path) -> float:
     files = list((model_dir / "checkpoints").glob("*.index"))
     return max((f.stat().st_mtime for f in files), default=0.0)

@@ -132,13 +132,6 @@ def table(reports: dict, steps: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trained_steps(model_dir: pathlib.Path) -> int | None:
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    return int(latest.rsplit("-", 1)[1]) if latest else None
-
-
 def main(argv):
     del argv
     run_dir, people, split = lfw_result.start_run()
@@ -152,7 +145,7 @@ def main(argv):
     figure = side_by_side(run_dir, people, split, FLAGS.grid_people)
     steps = {"paper's model (shipped)": "5,000 x 16 (shipped)"}
     for name, (label, _) in ABLATIONS.items():
-        steps[label] = f"{_trained_steps(run_dir / name):,} x {FLAGS.wang_batch_size}"
+        steps[label] = f"{lfw_result.trained_steps(run_dir / name):,} x {FLAGS.wang_batch_size}"
     markdown = table(reports, steps)
     (run_dir / "wang2019_results.md").write_text(markdown)
     print(markdown)
