@@ -18,6 +18,9 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
     +stride2                 --identity_flow_stride=2 (coarse flow in the identity loss's chip)
     +warp kernels            the warp's fused CPU kernels (normalized_faces/kernels; default); every
                              row above composes the warp of TF ops, as before them
+    +decoder ops             the texture decoder's ResizeConv by output phases and its projection's
+                             input gradient in the kernel's order (normalized_faces/decoder_ops;
+                             default); every row above runs them the direct way
     +bf16                    --precision=mixed_bfloat16 (default only on CPUs with AMX, see
                              train.resolve_precision)
     +xla                     --jit_compile (XLA for the whole step; the warp then composes TF ops)
@@ -48,7 +51,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from normalized_faces import landmarks, train, warp  # noqa: E402
+from normalized_faces import decoder_ops, landmarks, train, warp  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
@@ -59,15 +62,24 @@ flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: Tens
 flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0: TensorFlow's default).")
 
 # Each lever on top of the previous ones; "before" is the path before this work, still selectable.
-# "warp": "tf-ops" traces the step under warp.portable_ops() (the warp as before its fused kernels).
-BEFORE = dict(identity_render="frame", optimizer="adam", precision="float32", identity_flow_stride=1, warp="tf-ops")
+# "warp": "tf-ops" traces the step under warp.portable_ops() (the warp as before its fused kernels);
+# "decoder": "direct" under decoder_ops.direct_formulations() (the texture decoder as before).
+BEFORE = dict(
+    identity_render="frame",
+    optimizer="adam",
+    precision="float32",
+    identity_flow_stride=1,
+    warp="tf-ops",
+    decoder="direct",
+)
 LEVERS = {
     "before": dict(cache=False, **BEFORE),
     "cache": dict(cache=True, **BEFORE),
     "cache+chip": dict(cache=True, **{**BEFORE, "identity_render": "chip"}),
-    "+fused Adam": dict(cache=True, precision="float32", identity_flow_stride=1, warp="tf-ops"),
-    "+stride2": dict(cache=True, precision="float32", identity_flow_stride=2, warp="tf-ops"),
-    "+warp kernels": dict(cache=True, precision="float32", identity_flow_stride=2),
+    "+fused Adam": dict(cache=True, precision="float32", identity_flow_stride=1, warp="tf-ops", decoder="direct"),
+    "+stride2": dict(cache=True, precision="float32", identity_flow_stride=2, warp="tf-ops", decoder="direct"),
+    "+warp kernels": dict(cache=True, precision="float32", identity_flow_stride=2, decoder="direct"),
+    "+decoder ops": dict(cache=True, precision="float32", identity_flow_stride=2),
     "+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
     "xla instead (float32, stride 1)": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
     "defaults (train_main.py)": dict(cache=True),
@@ -104,10 +116,11 @@ def random_batch(rng, size):
     }
 
 
-def step_ms(config, batch, cache, warp_kernels="fused") -> float:
+def step_ms(config, batch, cache, warp_kernels="fused", decoder="fast") -> float:
     """Median ms of one full train step of a model built from config (its precision set meanwhile).
 
     warp_kernels "tf-ops" traces the step under warp.portable_ops(): the warp composed of TF ops.
+    decoder "direct" traces it under decoder_ops.direct_formulations(): the decoder's plain ops.
     """
     keras.backend.clear_session()  # the previous variant's models and graphs: freed, not timed
     gc.collect()
@@ -115,8 +128,9 @@ def step_ms(config, batch, cache, warp_kernels="fused") -> float:
     keras.mixed_precision.set_global_policy(train.resolve_precision(config.runtime.precision))
     # The step is traced on its first call, inside this context: the graph keeps the warp's ops.
     kernels = warp.portable_ops() if warp_kernels == "tf-ops" else contextlib.nullcontext()
+    formulations = decoder_ops.direct_formulations() if decoder == "direct" else contextlib.nullcontext()
     try:
-        with kernels:
+        with kernels, formulations:
             model = train.build_model(config, landmarks.template_landmarks(), 224)
             if cache:
                 encoded = model.encoder(batch["image"])
@@ -134,7 +148,7 @@ def step_ms(config, batch, cache, warp_kernels="fused") -> float:
 
 def breakdown(config, batch):
     """Where the step's time went before the levers (the warp composed of TF ops)."""
-    config = config.replace(**{k: v for k, v in BEFORE.items() if k != "warp"})
+    config = config.replace(**{k: v for k, v in BEFORE.items() if k not in ("warp", "decoder")})
     model = train.build_model(config, landmarks.template_landmarks(), 224)
     rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
@@ -143,14 +157,18 @@ def breakdown(config, batch):
     def encoder_forward():
         return model.encoder(batch["image"])["embedding"]
 
-    @tf.function
-    def decoders():
+    def decoders_gradients():
         with tf.GradientTape() as tape:
             points, texture = model.decode(features)
             loss = tf.reduce_mean(tf.abs(texture - batch["texture"])) + tf.reduce_mean(
                 tf.square(points - batch["landmarks"])
             )
         return tape.gradient(loss, model.trainable_variables)
+
+    decoders = tf.function(decoders_gradients)
+    with decoder_ops.direct_formulations():
+        decoders_direct = tf.function(decoders_gradients)
+        decoders_direct.get_concrete_function()  # traced here, inside the context
 
     texture = tf.Variable(batch["texture"])
     predicted = tf.Variable(landmarks.random_face_landmarks(rng, FLAGS.batch_size).astype(np.float32))
@@ -171,6 +189,8 @@ def breakdown(config, batch):
 
     return {
         "encoder forward (photos)": 1000 * median_seconds(lambda: encoder_forward().numpy(), FLAGS.runs),
+        "decoders forward + backward (direct)": 1000
+        * median_seconds(lambda: [g.numpy() for g in decoders_direct()], FLAGS.runs),
         "decoders forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in decoders()], FLAGS.runs),
         "warp forward + backward": 1000 * median_seconds(lambda: [g.numpy() for g in render()], FLAGS.runs),
         "encoder forward + backward": 1000 * median_seconds(lambda: encoder_backward().numpy(), FLAGS.runs),
@@ -216,18 +236,20 @@ def main(argv):
             options = dict(LEVERS[lever])
             cache = options.pop("cache")
             kernels = options.pop("warp", "fused")
-            ms = step_ms(config_for(name, **options), batch, cache, kernels)
+            decoder = options.pop("decoder", "fast")
+            ms = step_ms(config_for(name, **options), batch, cache, kernels, decoder)
             before = before or ms
             print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
         for lever, options in (
-            ("before", dict(cache=False, optimizer="adam", precision="float32", warp="tf-ops")),
+            ("before", dict(cache=False, optimizer="adam", precision="float32", warp="tf-ops", decoder="direct")),
             ("defaults", dict(cache=True)),
         ):
             options = dict(options)
             cache = options.pop("cache")
             kernels = options.pop("warp", "fused")
+            decoder = options.pop("decoder", "fast")
             # no warp, no encoder pass
-            ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache, kernels)
+            ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache, kernels, decoder)
             print(
                 f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}",
                 flush=True,

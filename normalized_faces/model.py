@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normalized_faces import warp
+from normalized_faces import decoder_ops, warp
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 TEXTURE_DECODERS = ("cnn", "fc")
@@ -123,6 +123,19 @@ class LandmarkDecoder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
+class WideDense(keras.layers.Dense):
+    """keras.layers.Dense (same weights and results) whose input gradient is computed in the
+    kernel's stored order (decoder_ops.wide_matmul): for outputs far wider than the batch."""
+
+    def call(self, inputs, training=None):
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        outputs = decoder_ops.wide_matmul(tf.cast(inputs, self.compute_dtype), kernel)
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, self.compute_dtype))
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="normalized_faces")
 class ResizeConv(keras.layers.Layer):
     """[B, H, W, C] -> [B, 2H, 2W, channels]: bilinear x2 upsampling, then a 3 x 3 convolution.
 
@@ -140,8 +153,10 @@ class ResizeConv(keras.layers.Layer):
         self.conv.build((input_shape[0], None, None, input_shape[-1]))
 
     def call(self, x):
-        size = tf.shape(x)[1:3] * 2
-        return self.conv(tf.image.resize(x, size, method="bilinear"))
+        # Not self.conv(upsampled): decoder_ops computes the same numbers without the upsampled
+        # tensor (the conv layer holds the weights, so checkpoints are unchanged).
+        kernel = tf.cast(self.conv.kernel, x.dtype)
+        return decoder_ops.resize_conv(x, kernel, tf.cast(self.conv.bias, x.dtype))
 
     def compute_output_shape(self, input_shape):
         double = lambda n: None if n is None else 2 * n  # noqa: E731
@@ -193,9 +208,7 @@ class TextureDecoder(keras.layers.Layer):
                 )
             self.start = self.size // 16
             policy = self.dtype_policy
-            self.project = keras.layers.Dense(
-                self.start * self.start * self.base_channels, name="project", dtype=policy
-            )
+            self.project = WideDense(self.start * self.start * self.base_channels, name="project", dtype=policy)
             for i in range(1, 5):  # one attribute per layer, as in LandmarkDecoder
                 channels = max(self.base_channels // 2**i, self.min_channels)
                 if upsampling == "transpose":
@@ -207,7 +220,7 @@ class TextureDecoder(keras.layers.Layer):
                 setattr(self, f"deconv_{i}", layer)
             self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb", dtype=policy)
         else:
-            self.project = keras.layers.Dense(self.fc_size * self.fc_size * 3, name="project", dtype=self.dtype_policy)
+            self.project = WideDense(self.fc_size * self.fc_size * 3, name="project", dtype=self.dtype_policy)
 
     @property
     def upsample(self):

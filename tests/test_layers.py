@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from layer_testing import run_layer_test
 
+from normalized_faces import decoder_ops, model, warp
 from normalized_faces import landmarks as lm
-from normalized_faces import model, warp
 from normalized_faces.encoders import dlib_resnet, facenet
 
 RNG = np.random.default_rng(0)
@@ -31,14 +31,19 @@ def test_landmark_decoder():
     )
 
 
-def test_resize_conv():
+@pytest.mark.parametrize("side", [6, decoder_ops.PHASES_MIN_SIDE])  # direct, by phases
+def test_resize_conv(side):
     run_layer_test(
         model.ResizeConv,
         {"channels": 4},
-        RNG.normal(size=[2, 6, 6, 3]),
-        (2, 12, 12, 4),
+        RNG.normal(size=[2, side, side, 3]),
+        (2, 2 * side, 2 * side, 4),
         expected_num_trainable_weights=2,
     )
+
+
+def test_wide_dense():
+    run_layer_test(model.WideDense, {"units": 40}, RNG.normal(size=[3, 5]), (3, 40), expected_num_trainable_weights=2)
 
 
 @pytest.mark.parametrize("upsampling", ["resize", "transpose"])

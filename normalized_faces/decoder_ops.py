@@ -1,0 +1,166 @@
+"""Faster, exactly equivalent formulations of two decoder computations (issue 10, the training step).
+
+  resize_conv(x, kernel, bias)   bilinear x2 upsampling, then a 3 x 3 'SAME' convolution: the
+                                 texture decoder's ResizeConv. Computed as one 3 x 3 convolution of
+                                 the *low-resolution* input into the four output phases (2 x 2 x
+                                 channels), rearranged by depth_to_space; only the outermost ring of
+                                 output pixels, where the convolution's zero padding meets the
+                                 resize's clamped edge, is recomputed the direct way on two-pixel
+                                 strips. Same multiply-adds, but no upsampled tensor and wider
+                                 convolutions, which oneDNN runs faster on this CPU.
+  wide_matmul(h, kernel)         h @ kernel for a kernel far wider than the batch (the texture
+                                 decoder's 1024 x 50,176 projection): TensorFlow's MatMul gradient
+                                 computes dh = dy @ kernel^T with transpose_b, which on this CPU
+                                 ran ~6x slower than (kernel @ dy^T)^T, the same numbers read in the
+                                 kernel's stored order.
+
+Within `direct_formulations()` (at tracing time) both run the plain way: the path before, kept for
+benchmarks/train_bench.py's "before" and for the tests that compare the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+_direct = threading.local()
+
+# The smallest input side at which resize_conv uses phases. Measured on a 2-core AMD EPYC (AVX2),
+# batch 8, forward + backward: 14 x 14 x 256 -> 128 channels, phases 169 ms vs direct 127 ms;
+# 28 x 28 x 128 -> 64 and larger, phases 1.2-1.6x faster (benchmarks/train_bench.py for the step).
+PHASES_MIN_SIDE = 28
+
+# Bilinear x2 upsampling with half-pixel centres (tf.image.resize) makes output 2i from inputs i-1
+# and i (weights 1/4, 3/4) and output 2i + 1 from i and i+1 (3/4, 1/4). A 3-tap filter k0, k1, k2 on
+# outputs 2i + p - 1, 2i + p, 2i + p + 1 therefore reads inputs i-1, i, i+1 with weights
+# _PHASE_TAPS[p] @ (k0, k1, k2): one 3-tap filter per output phase p, applied to the input.
+_PHASE_TAPS = np.array(
+    [
+        [[0.75, 0.25, 0.0], [0.25, 0.75, 0.75], [0.0, 0.0, 0.25]],  # p = 0
+        [[0.25, 0.0, 0.0], [0.75, 0.75, 0.25], [0.0, 0.25, 0.75]],  # p = 1
+    ]
+)
+
+
+@contextlib.contextmanager
+def direct_formulations():
+    """Within this context (when a function is traced) resize_conv upsamples then convolves, and
+    wide_matmul uses TensorFlow's own MatMul gradient."""
+    previous = getattr(_direct, "on", False)
+    _direct.on = True
+    try:
+        yield
+    finally:
+        _direct.on = previous
+
+
+def _is_direct() -> bool:
+    return getattr(_direct, "on", False)
+
+
+def _upsample(x):
+    # tf.image.resize answers float32 for any float input; keep x's dtype.
+    return tf.cast(tf.image.resize(x, tf.shape(x)[1:3] * 2, method="bilinear"), x.dtype)
+
+
+def resize_conv_direct(x, kernel, bias):
+    """Bilinear x2 upsampling then a 3 x 3 'SAME' convolution plus bias.
+
+    Args:
+      x: [B, H, W, C_in].
+      kernel: [3, 3, C_in, C_out]; bias: [C_out].
+    Returns:
+      [B, 2H, 2W, C_out].
+    """
+    return tf.nn.bias_add(tf.nn.conv2d(_upsample(x), kernel, 1, "SAME"), bias)
+
+
+def _phase_kernel(kernel):
+    """[3, 3, C_in, C_out] -> [3, 3, C_in, 4 C_out], output channels ordered (row phase, column
+    phase, C_out) as depth_to_space(2) reads them."""
+    taps = tf.constant(_PHASE_TAPS, kernel.dtype)
+    c_in, c_out = kernel.shape[2], kernel.shape[3]
+    phases = tf.einsum("yac,xbd,cdio->abiyxo", taps, taps, kernel)
+    return tf.reshape(phases, [3, 3, c_in, 4 * c_out])
+
+
+def _ring(x, kernel):
+    """The direct formulation's outermost output rows and columns, from two-pixel strips of x.
+
+    Returns rows [2B, 1, 2W, C_out] (top for the first B images, bottom for the rest) and
+    columns [2B, 2H, 1, C_out] (left, right), without bias.
+    """
+    height, width = x.shape[1], x.shape[2]
+    zeros = tf.zeros_like
+    # Rows 0, 1 and H-2, H-1 upsample (edges clamped, as in the whole image) to output rows
+    # 0, 1 and 2H-2, 2H-1; the convolution's zero padding supplies the row beyond.
+    strips = _upsample(tf.concat([x[:, :2], x[:, height - 2 :]], 0))  # [2B, 4, 2W, C]
+    top, bottom = tf.split(strips, 2, axis=0)
+    top = tf.concat([zeros(top[:, :1]), top[:, :2]], 1)
+    bottom = tf.concat([bottom[:, 2:], zeros(bottom[:, :1])], 1)
+    rows = tf.nn.conv2d(tf.concat([top, bottom], 0), kernel, 1, [[0, 0], [0, 0], [1, 1], [0, 0]])
+    strips = _upsample(tf.concat([x[:, :, :2], x[:, :, width - 2 :]], 0))  # [2B, 2H, 4, C]
+    left, right = tf.split(strips, 2, axis=0)
+    left = tf.concat([zeros(left[:, :, :1]), left[:, :, :2]], 2)
+    right = tf.concat([right[:, :, 2:], zeros(right[:, :, :1])], 2)
+    columns = tf.nn.conv2d(tf.concat([left, right], 0), kernel, 1, [[0, 0], [1, 1], [0, 0], [0, 0]])
+    return rows, columns
+
+
+def resize_conv_by_phases(x, kernel, bias):
+    """resize_conv_direct's result, computed at the input's resolution (see the module docstring).
+
+    Args:
+      x: [B, H, W, C_in], H and W known and >= 2.
+      kernel: [3, 3, C_in, C_out]; bias: [C_out].
+    Returns:
+      [B, 2H, 2W, C_out], equal to resize_conv_direct(x, kernel, bias) up to float rounding.
+    """
+    height, width = x.shape[1], x.shape[2]
+    c_out = kernel.shape[3]
+    # Edge padding reproduces the resize's clamped edges; the conv's zero padding is fixed below.
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    y = tf.nn.depth_to_space(tf.nn.conv2d(padded, _phase_kernel(kernel), 1, "VALID"), 2)
+    rows, columns = _ring(x, kernel)
+    batch = tf.shape(x)[0]
+    images = tf.tile(tf.range(batch), [2])  # the strips' images: top / left first, then bottom / right
+    # Replace rows 0 and 2H-1, then columns 0 and 2W-1 (the corners, exact in both, twice), in
+    # place where TensorFlow can forward the buffer, as it does here.
+    row_index = tf.stack([images, tf.repeat([0, 2 * height - 1], batch)], axis=1)
+    y = tf.tensor_scatter_nd_update(y, row_index, rows[:, 0])
+    image_of, row_of = tf.meshgrid(images, tf.range(2 * height), indexing="ij")  # [2B, 2H]
+    column_of = tf.broadcast_to(tf.repeat([0, 2 * width - 1], batch)[:, None], tf.shape(image_of))
+    column_index = tf.reshape(tf.stack([image_of, row_of, column_of], axis=-1), [-1, 3])
+    y = tf.tensor_scatter_nd_update(y, column_index, tf.reshape(columns, [-1, c_out]))
+    return tf.nn.bias_add(y, bias)
+
+
+def resize_conv(x, kernel, bias):
+    """Bilinear x2 upsampling then a 3 x 3 'SAME' convolution plus bias: [B, H, W, C_in] ->
+    [B, 2H, 2W, C_out], by phases where that is faster (PHASES_MIN_SIDE), else directly."""
+    height, width = x.shape[1], x.shape[2]
+    if _is_direct() or height is None or width is None or min(height, width) < PHASES_MIN_SIDE:
+        return resize_conv_direct(x, kernel, bias)
+    return resize_conv_by_phases(x, kernel, bias)
+
+
+@tf.custom_gradient
+def _wide_matmul(h, kernel):
+    def gradient(dy):
+        # dh = dy @ kernel^T, computed as (kernel @ dy^T)^T: the kernel read row by row.
+        dh = tf.transpose(tf.matmul(kernel, dy, transpose_b=True))
+        dkernel = tf.matmul(h, dy, transpose_a=True)
+        return dh, dkernel
+
+    return tf.matmul(h, kernel), gradient
+
+
+def wide_matmul(h, kernel):
+    """h @ kernel, h [B, D_in], kernel [D_in, D_out] with D_out >> B: the same product and
+    gradients as tf.matmul, the input's gradient computed in the kernel's stored order."""
+    if _is_direct():
+        return tf.matmul(h, kernel)
+    return _wide_matmul(h, kernel)
