@@ -18,9 +18,10 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
     +stride2                 --identity_flow_stride=2 (coarse flow in the identity loss's chip)
     +warp kernels            the warp's fused CPU kernels (normalized_faces/kernels; default); every
                              row above composes the warp of TF ops, as before them
-    +decoder ops             the texture decoder's ResizeConv by output phases and its projection's
-                             input gradient in the kernel's order (normalized_faces/decoder_ops;
-                             default); every row above runs them the direct way
+    +fast ops                normalized_faces/fast_ops (default): the texture decoder's ResizeConv
+                             by output phases, its projection's input gradient in the kernel's
+                             order, FaceNet's 1 x 1 convolutions as matmuls; every row above runs
+                             them the direct way
     +bf16                    --precision=mixed_bfloat16 (default only on CPUs with AMX, see
                              train.resolve_precision)
     +xla                     --jit_compile (XLA for the whole step; the warp then composes TF ops)
@@ -31,8 +32,10 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
   --identity_weight=0 (the paper's ablation) is shown as "before" and "cache" too: without the
   identity loss the cached step runs no encoder and no warp at all.
 
-Steps are timed through Keras's own train function (model.make_train_function), median of --runs
-calls after a warm-up; inputs are random, so the figures are about time, not learning.
+Steps are timed through Keras's own train function (model.make_train_function). Every variant of a
+config is built and run once first, then all are timed in turn, --rounds times --runs calls each,
+so that drifts in the machine's load (large on shared 2-core machines) reach every variant alike;
+the median of all calls is printed. Inputs are random: the figures are about time, not learning.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,11 +56,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
-from normalized_faces import decoder_ops, landmarks, train, warp  # noqa: E402
+from normalized_faces import fast_ops, landmarks, train, warp  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_integer("runs", 5, "Timed runs (median printed).")
+flags.DEFINE_integer("runs", 5, "Timed calls per round (the median of all rounds' calls is printed).")
+flags.DEFINE_integer("rounds", 3, "Rounds: every variant is built first, then timed in turn, --rounds times.")
 flags.DEFINE_list("configs", ["tiny", "paper"], "Which configs to time (tiny, paper).")
 flags.DEFINE_bool("breakdown", True, "Also print the breakdown of today's step.")
 flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TensorFlow's default).")
@@ -63,28 +69,34 @@ flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0: Tens
 
 # Each lever on top of the previous ones; "before" is the path before this work, still selectable.
 # "warp": "tf-ops" traces the step under warp.portable_ops() (the warp as before its fused kernels);
-# "decoder": "direct" under decoder_ops.direct_formulations() (the texture decoder as before).
+# "ops": "direct" under fast_ops.direct_formulations() (decoder and FaceNet ops as before).
 BEFORE = dict(
     identity_render="frame",
     optimizer="adam",
     precision="float32",
     identity_flow_stride=1,
     warp="tf-ops",
-    decoder="direct",
+    ops="direct",
 )
 LEVERS = {
     "before": dict(cache=False, **BEFORE),
     "cache": dict(cache=True, **BEFORE),
     "cache+chip": dict(cache=True, **{**BEFORE, "identity_render": "chip"}),
-    "+fused Adam": dict(cache=True, precision="float32", identity_flow_stride=1, warp="tf-ops", decoder="direct"),
-    "+stride2": dict(cache=True, precision="float32", identity_flow_stride=2, warp="tf-ops", decoder="direct"),
-    "+warp kernels": dict(cache=True, precision="float32", identity_flow_stride=2, decoder="direct"),
-    "+decoder ops": dict(cache=True, precision="float32", identity_flow_stride=2),
+    "+fused Adam": dict(cache=True, precision="float32", identity_flow_stride=1, warp="tf-ops", ops="direct"),
+    "+stride2": dict(cache=True, precision="float32", identity_flow_stride=2, warp="tf-ops", ops="direct"),
+    "+warp kernels": dict(cache=True, precision="float32", identity_flow_stride=2, ops="direct"),
+    "+fast ops": dict(cache=True, precision="float32", identity_flow_stride=2),
     "+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
     "xla instead (float32, stride 1)": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
     "defaults (train_main.py)": dict(cache=True),
 }
 flags.DEFINE_list("levers", list(LEVERS), "Which step variants to time (default: all, in this order).")
+ABLATION = {
+    "ablation (no identity loss), before": dict(
+        cache=False, optimizer="adam", precision="float32", warp="tf-ops", ops="direct"
+    ),
+    "ablation (no identity loss), defaults": dict(cache=True),
+}
 ALLOCATORS = {"bfc": "true", "system": "false"}  # TF_CPU_ALLOCATOR_USE_BFC
 flags.DEFINE_list(
     "allocators",
@@ -116,19 +128,18 @@ def random_batch(rng, size):
     }
 
 
-def step_ms(config, batch, cache, warp_kernels="fused", decoder="fast") -> float:
-    """Median ms of one full train step of a model built from config (its precision set meanwhile).
+def make_step(config, batch, cache, warp_kernels="fused", ops="fast"):
+    """One full train step of a model built from config (its precision set meanwhile), traced and
+    run once: a function that runs one more.
 
     warp_kernels "tf-ops" traces the step under warp.portable_ops(): the warp composed of TF ops.
-    decoder "direct" traces it under decoder_ops.direct_formulations(): the decoder's plain ops.
+    ops "direct" traces it under fast_ops.direct_formulations(): the plain ops, as before.
     """
-    keras.backend.clear_session()  # the previous variant's models and graphs: freed, not timed
-    gc.collect()
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train.resolve_precision(config.runtime.precision))
-    # The step is traced on its first call, inside this context: the graph keeps the warp's ops.
+    # The step is traced on its first call, inside these contexts: the graph keeps their ops.
     kernels = warp.portable_ops() if warp_kernels == "tf-ops" else contextlib.nullcontext()
-    formulations = decoder_ops.direct_formulations() if decoder == "direct" else contextlib.nullcontext()
+    formulations = fast_ops.direct_formulations() if ops == "direct" else contextlib.nullcontext()
     try:
         with kernels, formulations:
             model = train.build_model(config, landmarks.template_landmarks(), 224)
@@ -141,14 +152,28 @@ def step_ms(config, batch, cache, warp_kernels="fused", decoder="fast") -> float
                 }
             iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
             model.make_train_function()
-            return 1000 * median_seconds(lambda: model.train_function(iterator), FLAGS.runs)
+            model.train_function(iterator)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+    return lambda: model.train_function(iterator)
+
+
+def side_by_side_ms(steps: dict) -> dict:
+    """Median ms per call of each step, timed in --rounds alternating blocks of --runs calls (so
+    every variant sees the same drift in machine load): {name: ms}."""
+    times = {name: [] for name in steps}
+    for _ in range(FLAGS.rounds):
+        for name, step in steps.items():
+            for _ in range(FLAGS.runs):
+                start = time.perf_counter()
+                step()
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def breakdown(config, batch):
     """Where the step's time went before the levers (the warp composed of TF ops)."""
-    config = config.replace(**{k: v for k, v in BEFORE.items() if k not in ("warp", "decoder")})
+    config = config.replace(**{k: v for k, v in BEFORE.items() if k not in ("warp", "ops")})
     model = train.build_model(config, landmarks.template_landmarks(), 224)
     rng = np.random.default_rng(1)
     features = model.encoder(batch["image"])["features"]
@@ -166,7 +191,7 @@ def breakdown(config, batch):
         return tape.gradient(loss, model.trainable_variables)
 
     decoders = tf.function(decoders_gradients)
-    with decoder_ops.direct_formulations():
+    with fast_ops.direct_formulations():
         decoders_direct = tf.function(decoders_gradients)
         decoders_direct.get_concrete_function()  # traced here, inside the context
 
@@ -219,7 +244,7 @@ def main(argv):
     batch = random_batch(rng, FLAGS.batch_size)
     print(
         f"batch {FLAGS.batch_size}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, CPU allocator "
-        f"{train.cpu_allocator()}; ms per step (median of {FLAGS.runs})"
+        f"{train.cpu_allocator()}; ms per step (median of {FLAGS.rounds} alternating rounds of {FLAGS.runs})"
     )
     for name in FLAGS.configs:
         base = config_for(name)
@@ -230,30 +255,25 @@ def main(argv):
         if FLAGS.breakdown:
             for part, ms in breakdown(base, batch).items():
                 print(f"  {part:<32} {ms:8.1f} ms")
-        print(f"  {'step variant':<32} {'ms/step':>8} {'examples/s':>11} {'vs before':>10}")
-        before = None
+        steps = {}
         for lever in FLAGS.levers:
             options = dict(LEVERS[lever])
-            cache = options.pop("cache")
-            kernels = options.pop("warp", "fused")
-            decoder = options.pop("decoder", "fast")
-            ms = step_ms(config_for(name, **options), batch, cache, kernels, decoder)
-            before = before or ms
-            print(f"  {lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {before / ms:9.2f}x", flush=True)
-        for lever, options in (
-            ("before", dict(cache=False, optimizer="adam", precision="float32", warp="tf-ops", decoder="direct")),
-            ("defaults", dict(cache=True)),
-        ):
+            cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
+            steps[lever] = make_step(config_for(name, **options), batch, cache, kernels, ops)
+        for lever, options in ABLATION.items():
             options = dict(options)
-            cache = options.pop("cache")
-            kernels = options.pop("warp", "fused")
-            decoder = options.pop("decoder", "fast")
+            cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
             # no warp, no encoder pass
-            ms = step_ms(config_for(name, identity_weight=0.0, **options), batch, cache, kernels, decoder)
-            print(
-                f"  {'ablation (no identity loss), ' + lever:<32} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f}",
-                flush=True,
-            )
+            steps[lever] = make_step(config_for(name, identity_weight=0.0, **options), batch, cache, kernels, ops)
+        print(f"  {'step variant':<40} {'ms/step':>8} {'examples/s':>11} {'vs before':>10}")
+        timed = side_by_side_ms(steps)
+        before = timed.get("before")
+        for lever, ms in timed.items():
+            ratio = f"{before / ms:9.2f}x" if before and lever in LEVERS else ""
+            print(f"  {lever:<40} {ms:8.1f} {1000 * FLAGS.batch_size / ms:11.1f} {ratio}", flush=True)
+        del steps
+        keras.backend.clear_session()  # this config's models and graphs: freed before the next
+        gc.collect()
 
 
 if __name__ == "__main__":

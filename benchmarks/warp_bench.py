@@ -281,7 +281,7 @@ def time_parts(batch, n, strides, runs):
         coarse = tf.Variable(tf.random.normal([batch, count, count, 2]))
         upsample = warp._flow_grid(size, stride, tf.float32)[1]
         parts[f"flow upsampling, stride {stride}"] = gradient_of(
-            lambda coarse=coarse, upsample=upsample: tf.einsum("hi,bijk,wj->bhwk", upsample, coarse, upsample),
+            lambda coarse=coarse, upsample=upsample: warp._upsample_flow(coarse, upsample, upsample),
             [coarse],
         )
     flow = tf.Variable(tf.random.normal([batch, size, size, 2]) * 3.0)

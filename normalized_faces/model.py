@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normalized_faces import decoder_ops, warp
+from normalized_faces import fast_ops, warp
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 TEXTURE_DECODERS = ("cnn", "fc")
@@ -125,11 +125,11 @@ class LandmarkDecoder(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="normalized_faces")
 class WideDense(keras.layers.Dense):
     """keras.layers.Dense (same weights and results) whose input gradient is computed in the
-    kernel's stored order (decoder_ops.wide_matmul): for outputs far wider than the batch."""
+    kernel's stored order (fast_ops.matmul): for outputs far wider than the batch."""
 
     def call(self, inputs, training=None):
         kernel = tf.cast(self.kernel, self.compute_dtype)
-        outputs = decoder_ops.wide_matmul(tf.cast(inputs, self.compute_dtype), kernel)
+        outputs = fast_ops.matmul(tf.cast(inputs, self.compute_dtype), kernel)
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, self.compute_dtype))
         return outputs if self.activation is None else self.activation(outputs)
@@ -153,10 +153,10 @@ class ResizeConv(keras.layers.Layer):
         self.conv.build((input_shape[0], None, None, input_shape[-1]))
 
     def call(self, x):
-        # Not self.conv(upsampled): decoder_ops computes the same numbers without the upsampled
+        # Not self.conv(upsampled): fast_ops computes the same numbers without the upsampled
         # tensor (the conv layer holds the weights, so checkpoints are unchanged).
         kernel = tf.cast(self.conv.kernel, x.dtype)
-        return decoder_ops.resize_conv(x, kernel, tf.cast(self.conv.bias, x.dtype))
+        return fast_ops.resize_conv(x, kernel, tf.cast(self.conv.bias, x.dtype))
 
     def compute_output_shape(self, input_shape):
         double = lambda n: None if n is None else 2 * n  # noqa: E731

@@ -585,6 +585,21 @@ def _flow_grid(size, stride, dtype):
     return positions, upsample
 
 
+def _upsample_flow(coarse, upsample_y, upsample_x):
+    """The coarse flow [B, n_y, n_x, K] on the full grid: [B, H, W, K] = upsample_y @ coarse @ upsample_x^T.
+
+    upsample_y [H, n_y] and upsample_x [W, n_x] are _flow_grid's: grid node i sits at pixel
+    i (size - 1) / (n - 1), which is ResizeBilinear's align_corners mapping, so in float32 that
+    kernel does it (2-3x faster forward + backward than the matrix products, here; the same values
+    to float32 rounding of the fractional positions, ~1e-6 relative). Other dtypes: the matrices,
+    because ResizeBilinear answers float32.
+    """
+    if coarse.dtype == tf.float32:
+        size = tf.stack([tf.shape(upsample_y)[0], tf.shape(upsample_x)[0]])
+        return tf.raw_ops.ResizeBilinear(images=coarse, size=size, align_corners=True, half_pixel_centers=False)
+    return tf.einsum("hi,bijk,wj->bhwk", upsample_y, coarse, upsample_x)
+
+
 def _check_stride(flow_stride) -> int:
     flow_stride = int(flow_stride)
     if flow_stride < 1:
@@ -679,8 +694,7 @@ def sparse_image_warp(
     else:
         xs, upsample_x = _flow_grid(width, flow_stride, dtype)
         ys, upsample_y = _flow_grid(height, flow_stride, dtype)
-        coarse = evaluate_spline_on_grid(fit, xs, ys)
-        flow = tf.einsum("hi,bijk,wj->bhwk", upsample_y, coarse, upsample_x)
+        flow = _upsample_flow(evaluate_spline_on_grid(fit, xs, ys), upsample_y, upsample_x)
 
     flow = tf.cast(flow, result_dtype)
     return dense_image_warp(image, flow), flow
@@ -738,7 +752,7 @@ def sparse_image_warp_chip(
     else:
         positions, upsample = _flow_grid(chip_size, flow_stride, dtype)
         coarse = evaluate_spline_on_affine_grid(fit, chip_to_image, positions, positions)
-        flow = tf.einsum("hi,bijk,wj->bhwk", upsample, coarse, upsample)
+        flow = _upsample_flow(coarse, upsample, upsample)
     flow = tf.cast(flow, result_dtype)
     points = tf.reshape(tf.cast(points, flow.dtype), [-1, 2])
     samples = _sample_at(image, points, tf.reshape(flow, [tf.shape(flow)[0], -1, 2]))

@@ -482,6 +482,30 @@ def test_real_facenet_loads_every_layer_exactly(real_facenet_path):
     assert encoder.embedding_dim == 128 and encoder.threshold.output == "embedding"
 
 
+def test_real_facenet_runs_its_pointwise_convolutions_as_matmuls_with_the_same_numbers(real_facenet_path):
+    from normalized_faces import fast_ops
+
+    network = facenet.build_facenet()
+    inner = [layer for layer in network.layers if isinstance(layer, keras.Model)][0]
+    assert sum(isinstance(layer, facenet.PointwiseConv) for layer in inner.layers) == 73
+    chips = tf.constant(np.random.default_rng(0).uniform(size=[2, 160, 160, 3]), tf.float32)
+
+    def outputs_and_input_gradient(chips):
+        with tf.GradientTape() as tape:
+            tape.watch(chips)
+            outputs = network(chips, training=False)
+            loss = tf.reduce_sum(outputs["features"] ** 2) + tf.reduce_sum(outputs["embedding"][:, :8])
+        return outputs["features"], outputs["embedding"], tape.gradient(loss, chips)
+
+    fast = tf.function(outputs_and_input_gradient)
+    with fast_ops.direct_formulations():
+        direct = tf.function(outputs_and_input_gradient)
+        direct.get_concrete_function(chips)
+    for ours, conv2d in zip(fast(chips), direct(chips)):
+        # float32 sums in another order: relative errors ~1e-6.
+        np.testing.assert_allclose(ours.numpy(), conv2d.numpy(), rtol=1e-4, atol=1e-5 * np.abs(conv2d.numpy()).max())
+
+
 def test_real_facenet_is_cached_with_the_published_checksum_and_a_truncated_copy_is_refused(
     real_facenet_path, tmp_path
 ):

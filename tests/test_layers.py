@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from layer_testing import run_layer_test
 
-from normalized_faces import decoder_ops, model, warp
+from normalized_faces import fast_ops, model, warp
 from normalized_faces import landmarks as lm
 from normalized_faces.encoders import dlib_resnet, facenet
 
@@ -31,7 +31,7 @@ def test_landmark_decoder():
     )
 
 
-@pytest.mark.parametrize("side", [6, decoder_ops.PHASES_MIN_SIDE])  # direct, by phases
+@pytest.mark.parametrize("side", [6, fast_ops.PHASES_MIN_SIDE])  # direct, by phases
 def test_resize_conv(side):
     run_layer_test(
         model.ResizeConv,

@@ -1,11 +1,11 @@
-"""decoder_ops' fast formulations against an independent float64 oracle and against the direct ones."""
+"""fast_ops' fast formulations against an independent float64 oracle and against the direct ones."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from normalized_faces import decoder_ops, model
+from normalized_faces import fast_ops, model
 
 RNG = np.random.default_rng(0)
 
@@ -40,8 +40,8 @@ def test_resize_conv_by_phases_matches_the_float64_oracle(height, width):
     x = RNG.normal(size=[2, height, width, 3])
     kernel, bias = RNG.normal(size=[3, 3, 3, 4]), RNG.normal(size=[4])
     expected = oracle(x, kernel, bias)
-    by_phases = decoder_ops.resize_conv_by_phases(tf.constant(x), tf.constant(kernel), tf.constant(bias)).numpy()
-    direct = decoder_ops.resize_conv_direct(tf.constant(x), tf.constant(kernel), tf.constant(bias)).numpy()
+    by_phases = fast_ops.resize_conv_by_phases(tf.constant(x), tf.constant(kernel), tf.constant(bias)).numpy()
+    direct = fast_ops.resize_conv_direct(tf.constant(x), tf.constant(kernel), tf.constant(bias)).numpy()
     # Both run tf.image.resize somewhere (the direct path everywhere, the phases on the border
     # strips), which computes in float32: errors ~1e-7 of values ~10; 1e-5 leaves room, while a
     # wrong phase tap or a border pixel gone wrong is off by ~0.1-1.
@@ -65,18 +65,18 @@ def test_resize_conv_gradients_match_the_direct_formulation():
             loss = tf.reduce_sum(weights * function(x, kernel, bias))
         return tape.gradient(loss, [x, kernel, bias])
 
-    for fast, slow in zip(gradients(decoder_ops.resize_conv_by_phases), gradients(decoder_ops.resize_conv_direct)):
+    for fast, slow in zip(gradients(fast_ops.resize_conv_by_phases), gradients(fast_ops.resize_conv_direct)):
         # float32 sums of ~3,000 terms of size ~10 in different orders: ~1e-5 relative.
         np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-4, atol=1e-4 * np.abs(slow.numpy()).max())
 
 
 def test_resize_conv_layer_uses_phases_from_the_threshold_and_direct_inside_the_context():
     layer = model.ResizeConv(4)
-    side = decoder_ops.PHASES_MIN_SIDE
+    side = fast_ops.PHASES_MIN_SIDE
     x = tf.constant(RNG.normal(size=[1, side, side, 3]), tf.float32)
     layer.build(x.shape)
     fast = tf.function(layer)
-    with decoder_ops.direct_formulations():
+    with fast_ops.direct_formulations():
         direct = tf.function(layer)
         direct_graph = direct.get_concrete_function(x).graph
     fast_graph = fast.get_concrete_function(x).graph
@@ -85,19 +85,19 @@ def test_resize_conv_layer_uses_phases_from_the_threshold_and_direct_inside_the_
     np.testing.assert_allclose(fast(x).numpy(), direct(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_wide_matmul_and_wide_dense_match_tensorflow():
+def test_matmul_and_wide_dense_match_tensorflow():
     h = tf.constant(RNG.normal(size=[4, 6]))
     kernel = tf.constant(RNG.normal(size=[6, 50]))
     upstream = tf.constant(RNG.normal(size=[4, 50]))
     results = []
-    for context in (decoder_ops.direct_formulations, None):
+    for context in (fast_ops.direct_formulations, None):
         with tf.GradientTape() as tape:
             tape.watch([h, kernel])
             if context is None:
-                product = decoder_ops.wide_matmul(h, kernel)
+                product = fast_ops.matmul(h, kernel)
             else:
                 with context():
-                    product = decoder_ops.wide_matmul(h, kernel)
+                    product = fast_ops.matmul(h, kernel)
             loss = tf.reduce_sum(upstream * product)
         results.append([product, *tape.gradient(loss, [h, kernel])])
     for ours, theirs in zip(*results):

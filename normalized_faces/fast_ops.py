@@ -1,4 +1,4 @@
-"""Faster, exactly equivalent formulations of two decoder computations (issue 10, the training step).
+"""Faster, exactly equivalent formulations of the training step's heavy operations (issue 10).
 
   resize_conv(x, kernel, bias)   bilinear x2 upsampling, then a 3 x 3 'SAME' convolution: the
                                  texture decoder's ResizeConv. Computed as one 3 x 3 convolution of
@@ -8,13 +8,15 @@
                                  resize's clamped edge, is recomputed the direct way on two-pixel
                                  strips. Same multiply-adds, but no upsampled tensor and wider
                                  convolutions, which oneDNN runs faster on this CPU.
-  wide_matmul(h, kernel)         h @ kernel for a kernel far wider than the batch (the texture
-                                 decoder's 1024 x 50,176 projection): TensorFlow's MatMul gradient
-                                 computes dh = dy @ kernel^T with transpose_b, which on this CPU
-                                 ran ~6x slower than (kernel @ dy^T)^T, the same numbers read in the
-                                 kernel's stored order.
+  matmul(h, kernel)              h @ kernel whose input gradient is computed as (kernel @ dy^T)^T,
+                                 reading the kernel in its stored order: TensorFlow's MatMul gradient
+                                 (dy @ kernel^T, transpose_b) ran ~6x slower for the texture
+                                 decoder's 1024 x 50,176 projection on this CPU.
+  pointwise_conv(x, kernel)      a 1 x 1, stride-1 convolution as that matmul over the pixels:
+                                 FaceNet's 73 such convolutions, whose backward pass (the identity
+                                 loss's) oneDNN ran at ~10 GFLOP/s on small feature maps.
 
-Within `direct_formulations()` (at tracing time) both run the plain way: the path before, kept for
+Within `direct_formulations()` (at tracing time) all run the plain way: the path before, kept for
 benchmarks/train_bench.py's "before" and for the tests that compare the two.
 """
 
@@ -48,7 +50,7 @@ _PHASE_TAPS = np.array(
 @contextlib.contextmanager
 def direct_formulations():
     """Within this context (when a function is traced) resize_conv upsamples then convolves, and
-    wide_matmul uses TensorFlow's own MatMul gradient."""
+    matmul and pointwise_conv are TensorFlow's MatMul and Conv2D with their own gradients."""
     previous = getattr(_direct, "on", False)
     _direct.on = True
     try:
@@ -148,19 +150,27 @@ def resize_conv(x, kernel, bias):
 
 
 @tf.custom_gradient
-def _wide_matmul(h, kernel):
+def _matmul_kernel_order(h, kernel):
     def gradient(dy):
         # dh = dy @ kernel^T, computed as (kernel @ dy^T)^T: the kernel read row by row.
-        dh = tf.transpose(tf.matmul(kernel, dy, transpose_b=True))
-        dkernel = tf.matmul(h, dy, transpose_a=True)
-        return dh, dkernel
+        return tf.transpose(tf.matmul(kernel, dy, transpose_b=True)), tf.matmul(h, dy, transpose_a=True)
 
     return tf.matmul(h, kernel), gradient
 
 
-def wide_matmul(h, kernel):
-    """h @ kernel, h [B, D_in], kernel [D_in, D_out] with D_out >> B: the same product and
-    gradients as tf.matmul, the input's gradient computed in the kernel's stored order."""
+def matmul(h, kernel):
+    """h @ kernel, h [N, D_in], kernel [D_in, D_out]: tf.matmul's product and gradients, the
+    input's gradient computed in the kernel's stored order."""
     if _is_direct():
         return tf.matmul(h, kernel)
-    return _wide_matmul(h, kernel)
+    return _matmul_kernel_order(h, kernel)
+
+
+def pointwise_conv(x, kernel):
+    """A 1 x 1, stride-1 convolution without bias: x [B, H, W, C_in], kernel [1, 1, C_in, C_out]
+    -> [B, H, W, C_out], as `matmul` over the B H W pixels."""
+    if _is_direct():
+        return tf.nn.conv2d(x, kernel, 1, "VALID")
+    c_in, c_out = kernel.shape[2], kernel.shape[3]
+    pixels = matmul(tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [c_in, c_out]))
+    return tf.reshape(pixels, tf.concat([tf.shape(x)[:3], [c_out]], 0))
