@@ -12,14 +12,13 @@ benchmarks/train_bench.py.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from timing import side_by_side_ms  # noqa: E402
 
 from normalized_faces import fast_ops, model  # noqa: E402
 
@@ -56,17 +55,13 @@ def plain_and_fast(gradients):
 
 
 def side_by_side(plain, fast):
-    """Median ms of each over --rounds alternating rounds of --runs calls (after a warm-up)."""
-    times = {"plain": [], "fast": []}
-    for function in (plain, fast):
-        [g.numpy() for g in function()]
-    for _ in range(FLAGS.rounds):
-        for name, function in (("plain", plain), ("fast", fast)):
-            for _ in range(FLAGS.runs):
-                start = time.perf_counter()
-                [g.numpy() for g in function()]
-                times[name].append(1000 * (time.perf_counter() - start))
-    return statistics.median(times["plain"]), statistics.median(times["fast"])
+    """(plain ms, fast ms): medians over --rounds alternating rounds of --runs calls."""
+    timed = side_by_side_ms(
+        {"plain": lambda: [g.numpy() for g in plain()], "fast": lambda: [g.numpy() for g in fast()]},
+        FLAGS.rounds,
+        FLAGS.runs,
+    )
+    return timed["plain"], timed["fast"]
 
 
 def report(name, plain_ms, fast_ms, chosen=True):

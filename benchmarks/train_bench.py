@@ -43,10 +43,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,7 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds, side_by_side_ms  # noqa: E402
 
 from normalized_faces import fast_ops, landmarks, train, warp  # noqa: E402
 
@@ -158,17 +156,11 @@ def make_step(config, batch, cache, warp_kernels="fused", ops="fast"):
     return lambda: model.train_function(iterator)
 
 
-def side_by_side_ms(steps: dict) -> dict:
-    """Median ms per call of each step, timed in --rounds alternating blocks of --runs calls (so
-    every variant sees the same drift in machine load): {name: ms}."""
-    times = {name: [] for name in steps}
-    for _ in range(FLAGS.rounds):
-        for name, step in steps.items():
-            for _ in range(FLAGS.runs):
-                start = time.perf_counter()
-                step()
-                times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+def make_variant(name, options, batch, **overrides):
+    """make_step for config `name` with a LEVERS / ABLATION entry's options (and config overrides)."""
+    options = dict(options)
+    cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
+    return make_step(config_for(name, **options, **overrides), batch, cache, kernels, ops)
 
 
 def breakdown(config, batch):
@@ -257,16 +249,11 @@ def main(argv):
                 print(f"  {part:<32} {ms:8.1f} ms")
         steps = {}
         for lever in FLAGS.levers:
-            options = dict(LEVERS[lever])
-            cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
-            steps[lever] = make_step(config_for(name, **options), batch, cache, kernels, ops)
+            steps[lever] = make_variant(name, LEVERS[lever], batch)
         for lever, options in ABLATION.items():
-            options = dict(options)
-            cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
-            # no warp, no encoder pass
-            steps[lever] = make_step(config_for(name, identity_weight=0.0, **options), batch, cache, kernels, ops)
+            steps[lever] = make_variant(name, options, batch, identity_weight=0.0)  # no warp, no encoder pass
         print(f"  {'step variant':<40} {'ms/step':>8} {'examples/s':>11} {'vs before':>10}")
-        timed = side_by_side_ms(steps)
+        timed = side_by_side_ms(steps, FLAGS.rounds, FLAGS.runs)
         before = timed.get("before")
         for lever, ms in timed.items():
             ratio = f"{before / ms:9.2f}x" if before and lever in LEVERS else ""
