@@ -22,13 +22,12 @@ benchmarks/train_bench.py's "before" and for the tests that compare the two.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 import tensorflow as tf
 
-_direct = threading.local()
+from normalized_faces.trace_switch import TraceSwitch
+
+_direct = TraceSwitch()
 
 # The smallest input side at which resize_conv uses phases. Measured on a 2-core AMD EPYC (AVX2),
 # batch 8, forward + backward: 14 x 14 x 256 -> 128 channels, phases 169 ms vs direct 127 ms;
@@ -47,20 +46,10 @@ _PHASE_TAPS = np.array(
 )
 
 
-@contextlib.contextmanager
 def direct_formulations():
     """Within this context (when a function is traced) resize_conv upsamples then convolves, and
     matmul and pointwise_conv are TensorFlow's MatMul and Conv2D with their own gradients."""
-    previous = getattr(_direct, "on", False)
-    _direct.on = True
-    try:
-        yield
-    finally:
-        _direct.on = previous
-
-
-def _is_direct() -> bool:
-    return getattr(_direct, "on", False)
+    return _direct.turned_on()
 
 
 def _upsample(x):
@@ -144,7 +133,7 @@ def resize_conv(x, kernel, bias):
     """Bilinear x2 upsampling then a 3 x 3 'SAME' convolution plus bias: [B, H, W, C_in] ->
     [B, 2H, 2W, C_out], by phases where that is faster (PHASES_MIN_SIDE), else directly."""
     height, width = x.shape[1], x.shape[2]
-    if _is_direct() or height is None or width is None or min(height, width) < PHASES_MIN_SIDE:
+    if _direct or height is None or width is None or min(height, width) < PHASES_MIN_SIDE:
         return resize_conv_direct(x, kernel, bias)
     return resize_conv_by_phases(x, kernel, bias)
 
@@ -161,7 +150,7 @@ def _matmul_kernel_order(h, kernel):
 def matmul(h, kernel):
     """h @ kernel, h [N, D_in], kernel [D_in, D_out]: tf.matmul's product and gradients, the
     input's gradient computed in the kernel's stored order."""
-    if _is_direct():
+    if _direct:
         return tf.matmul(h, kernel)
     return _matmul_kernel_order(h, kernel)
 
@@ -169,7 +158,7 @@ def matmul(h, kernel):
 def pointwise_conv(x, kernel):
     """A 1 x 1, stride-1 convolution without bias: x [B, H, W, C_in], kernel [1, 1, C_in, C_out]
     -> [B, H, W, C_out], as `matmul` over the B H W pixels."""
-    if _is_direct():
+    if _direct:
         return tf.nn.conv2d(x, kernel, 1, "VALID")
     c_in, c_out = kernel.shape[2], kernel.shape[3]
     pixels = matmul(tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [c_in, c_out]))

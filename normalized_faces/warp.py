@@ -39,13 +39,13 @@ default. `benchmarks/warp_bench.py` prints the error this costs (README: "The wa
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from normalized_faces.trace_switch import TraceSwitch
 
 # The reference clamps squared distances here before sqrt/log, so phi and its gradient stay
 # finite at r = 0. We keep the same clamp (in raw pixel units) so our values match it.
@@ -61,19 +61,13 @@ _DUPLICATE_TOLERANCE = {tf.float32: 1e-4, tf.float64: 1e-7}
 # linear term undetermined (e.g. all points collinear).
 _RANK_TOLERANCE = {tf.float32: 1e-6, tf.float64: 1e-12}
 
-_portable = threading.local()
+_portable = TraceSwitch()
 
 
-@contextlib.contextmanager
 def portable_ops():
     """Within this context the warp composes TF ops only, never the fused kernels: for graphs that
     must run without this package (an exported SavedModel, TF Serving)."""
-    previous = getattr(_portable, "on", False)
-    _portable.on = True
-    try:
-        yield
-    finally:
-        _portable.on = previous
+    return _portable.turned_on()
 
 
 def _fused_kernels(*tensors):
@@ -83,7 +77,7 @@ def _fused_kernels(*tensors):
     `portable_ops()` and outside `tf.saved_model.save`'s tracing (a SavedModel must load without
     this package); the library loads (or compiles) on first use.
     """
-    if getattr(_portable, "on", False) or _in_save_context() or any(t.dtype != tf.float32 for t in tensors):
+    if _portable or _in_save_context() or any(t.dtype != tf.float32 for t in tensors):
         return None
     if tf.config.list_logical_devices("GPU") or _in_xla_context():
         return None
