@@ -13,8 +13,11 @@ a finished run does nothing and says so. model_dir gets config.json, checkpoints
 Speed on CPUs (README "Training", measured by benchmarks/train_bench.py): the encoder cache, the
 identity loss's chip render at flow stride 2, fused Adam and TensorFlow's BFC allocator for CPU
 tensors (normalized_faces/__init__.py) are the defaults because each measured faster; mixed_bfloat16
-is the default only where the CPU has AMX bfloat16 tiles (it measured slower without them; with
-them it is not measured); --jit_compile (XLA) is off because it measured slower here. The warp
+is the default only where the CPU has AMX bfloat16 tiles (1.33x faster with them, slower without);
+normalized_faces/fast_ops computes the texture projection's gradient in the kernel's order on every
+CPU, and the ResizeConvs by output phases and FaceNet's 1 x 1 convolutions as matmuls only on CPUs
+without AVX-512 (faster on an AVX2 machine, slower on an AVX-512 one); --jit_compile (XLA) is off
+because it measured slower here. The warp
 runs on fused C++ kernels (compiled with g++ on first use, cached in ~/.cache/normalized_faces)
 where it can: float32 on the CPU outside XLA; NORMALIZED_FACES_WARP_KERNELS=tf switches them off.
 """

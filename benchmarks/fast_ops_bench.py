@@ -46,8 +46,11 @@ def gradient_function(forward, inputs, weights):
 
 
 def plain_and_fast(gradients):
-    """(plain, fast): the same function traced inside and outside fast_ops.direct_formulations()."""
+    """(plain, fast): the same function traced inside fast_ops.direct_formulations() and inside
+    fast_ops.every_fast_formulation() (the fast form even where this CPU would not choose it)."""
     fast = tf.function(gradients)
+    with fast_ops.every_fast_formulation():
+        fast.get_concrete_function()
     with fast_ops.direct_formulations():
         plain = tf.function(gradients)
         plain.get_concrete_function()
@@ -65,7 +68,7 @@ def side_by_side(plain, fast):
 
 
 def report(name, plain_ms, fast_ms, chosen=True):
-    note = "" if chosen else "  (fast_ops keeps the plain form here)"
+    note = "" if chosen else "  (fast_ops keeps the plain form here, on this CPU)"
     print(f"  {name:<44} {plain_ms:8.1f} {fast_ms:8.1f} {plain_ms / fast_ms:7.2f}x{note}", flush=True)
 
 
@@ -73,6 +76,11 @@ def main(argv):
     del argv
     batch = FLAGS.batch_size
     print(f"batch {batch}, forward + backward, ms per call (median of {FLAGS.rounds} rounds of {FLAGS.runs})")
+    convolution_forms = fast_ops.convolution_forms_pay_off()
+    print(
+        f"CPU {'with' if fast_ops.cpu_has_avx512() else 'without'} AVX-512: fast_ops "
+        f"{'uses' if convolution_forms else 'keeps the plain form of'} the convolutions (phases, 1 x 1 as matmuls)"
+    )
     print(f"  {'operation':<44} {'plain':>8} {'fast':>8} {'ratio':>8}")
     for side, c_in, c_out in STAGES:
         layer = model.ResizeConv(c_out)
@@ -89,7 +97,7 @@ def main(argv):
         report(
             f"ResizeConv {side} -> {2 * side} px, {c_in} -> {c_out} ch, by phases",
             *side_by_side(plain, fast),
-            chosen=side >= fast_ops.PHASES_MIN_SIDE,
+            chosen=side >= fast_ops.PHASES_MIN_SIDE and convolution_forms,
         )
     projection = model.WideDense(14 * 14 * 256)
     projection.build((batch, 1024))
@@ -106,6 +114,7 @@ def main(argv):
         report(
             "FaceNet, input gradient (1 x 1 convs as matmuls)",
             *side_by_side(*plain_and_fast(gradient_function(lambda c: network(c, training=False), chips, []))),
+            chosen=convolution_forms,
         )
     keras.backend.clear_session()
 

@@ -18,10 +18,12 @@ channels at 14 x 14 and feature_dim 1024, with FaceNet), all in one process on t
     +stride2                 --identity_flow_stride=2 (coarse flow in the identity loss's chip)
     +warp kernels            the warp's fused CPU kernels (normalized_faces/kernels; default); every
                              row above composes the warp of TF ops, as before them
-    +fast ops                normalized_faces/fast_ops (default): the texture decoder's ResizeConv
-                             by output phases, its projection's input gradient in the kernel's
-                             order, FaceNet's 1 x 1 convolutions as matmuls; every row above runs
-                             them the direct way
+    +fast ops                normalized_faces/fast_ops (default) as this CPU chooses: the
+                             projection's input gradient in the kernel's order everywhere; the
+                             texture decoder's ResizeConv by output phases and FaceNet's 1 x 1
+                             convolutions as matmuls only on CPUs without AVX-512; every row above
+                             runs them the direct way
+    +every fast op           every fast form whatever the CPU (fast_ops.every_fast_formulation)
     +bf16                    --precision=mixed_bfloat16 (default only on CPUs with AMX, see
                              train.resolve_precision)
     +xla                     --jit_compile (XLA for the whole step; the warp then composes TF ops)
@@ -84,6 +86,7 @@ LEVERS = {
     "+stride2": dict(cache=True, precision="float32", identity_flow_stride=2, warp="tf-ops", ops="direct"),
     "+warp kernels": dict(cache=True, precision="float32", identity_flow_stride=2, ops="direct"),
     "+fast ops": dict(cache=True, precision="float32", identity_flow_stride=2),
+    "+every fast op": dict(cache=True, precision="float32", identity_flow_stride=2, ops="every"),
     "+bf16": dict(cache=True, precision="mixed_bfloat16", identity_flow_stride=2),
     "xla instead (float32, stride 1)": dict(cache=True, precision="float32", identity_flow_stride=1, jit_compile=True),
     "defaults (train_main.py)": dict(cache=True),
@@ -126,18 +129,24 @@ def random_batch(rng, size):
     }
 
 
-def make_step(config, batch, cache, warp_kernels="fused", ops="fast"):
+def make_step(config, batch, cache, warp_kernels="fused", ops="auto"):
     """One full train step of a model built from config (its precision set meanwhile), traced and
     run once: a function that runs one more.
 
     warp_kernels "tf-ops" traces the step under warp.portable_ops(): the warp composed of TF ops.
-    ops "direct" traces it under fast_ops.direct_formulations(): the plain ops, as before.
+    ops "direct" traces it under fast_ops.direct_formulations(): the plain ops, as before; "every"
+    under fast_ops.every_fast_formulation(): every fast form, even where this CPU loses with it;
+    "auto": fast_ops' choice for this CPU (as train_main.py).
     """
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(train.resolve_precision(config.runtime.precision))
     # The step is traced on its first call, inside these contexts: the graph keeps their ops.
     kernels = warp.portable_ops() if warp_kernels == "tf-ops" else contextlib.nullcontext()
-    formulations = fast_ops.direct_formulations() if ops == "direct" else contextlib.nullcontext()
+    formulations = {
+        "direct": fast_ops.direct_formulations,
+        "every": fast_ops.every_fast_formulation,
+        "auto": contextlib.nullcontext,
+    }[ops]()
     try:
         with kernels, formulations:
             model = train.build_model(config, landmarks.template_landmarks(), 224)
@@ -159,7 +168,7 @@ def make_step(config, batch, cache, warp_kernels="fused", ops="fast"):
 def make_variant(name, options, batch, **overrides):
     """make_step for config `name` with a LEVERS / ABLATION entry's options (and config overrides)."""
     options = dict(options)
-    cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "fast")
+    cache, kernels, ops = options.pop("cache"), options.pop("warp", "fused"), options.pop("ops", "auto")
     return make_step(config_for(name, **options, **overrides), batch, cache, kernels, ops)
 
 

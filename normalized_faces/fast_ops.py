@@ -16,11 +16,24 @@
                                  FaceNet's 73 such convolutions, whose backward pass (the identity
                                  loss's) oneDNN ran at ~10 GFLOP/s on small feature maps.
 
-Within `direct_formulations()` (at tracing time) all run the plain way: the path before, kept for
-benchmarks/train_bench.py's "before" and for the tests that compare the two.
+Which forms pay off depends on the CPU (`python benchmarks/fast_ops_bench.py`, batch 8, forward +
+backward, on the two kinds of 2-core machine seen here):
+
+  form                      AMD EPYC, AVX2        Intel Xeon, AVX-512 + AMX
+  resize_conv by phases     1.17-1.38x (28 px up) 0.67-0.74x
+  pointwise_conv (FaceNet)  1.09x                 0.96x
+  matmul (projection)       1.78x                 1.14x
+
+so the two convolution forms are used only on CPUs without AVX-512 (oneDNN's AVX-512 direct
+convolutions handle the narrow, upsampled layers well there), the matmul everywhere. Within
+`direct_formulations()` (at tracing time) all run the plain way: the path before, kept for
+benchmarks/train_bench.py's "before" and for the tests that compare the two; within
+`every_fast_formulation()` all run the fast way whatever the CPU (benchmarks and tests).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +41,7 @@ import tensorflow as tf
 from normalized_faces.trace_switch import TraceSwitch
 
 _direct = TraceSwitch()
+_every_fast = TraceSwitch()
 
 # The smallest input side at which resize_conv uses phases. Measured on a 2-core AMD EPYC (AVX2),
 # batch 8, forward + backward: 14 x 14 x 256 -> 128 channels, phases 169 ms vs direct 127 ms;
@@ -50,6 +64,30 @@ def direct_formulations():
     """Within this context (when a function is traced) resize_conv upsamples then convolves, and
     matmul and pointwise_conv are TensorFlow's MatMul and Conv2D with their own gradients."""
     return _direct.turned_on()
+
+
+def every_fast_formulation():
+    """Within this context (when a function is traced, and not inside direct_formulations) the
+    convolution forms run the fast way even on a CPU where they lose (convolution_forms_pay_off)."""
+    return _every_fast.turned_on()
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has AVX-512 (Linux /proc/cpuinfo flag avx512f)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return "avx512f" in cpuinfo.read().split()
+    except OSError:
+        return False
+
+
+def convolution_forms_pay_off() -> bool:
+    """Whether resize_conv by phases and pointwise_conv as matmuls run here (at tracing time): on
+    CPUs without AVX-512, or inside every_fast_formulation(); never inside direct_formulations()."""
+    if _direct:
+        return False
+    return bool(_every_fast) or not cpu_has_avx512()
 
 
 def _upsample(x):
@@ -131,9 +169,11 @@ def resize_conv_by_phases(x, kernel, bias):
 
 def resize_conv(x, kernel, bias):
     """Bilinear x2 upsampling then a 3 x 3 'SAME' convolution plus bias: [B, H, W, C_in] ->
-    [B, 2H, 2W, C_out], by phases where that is faster (PHASES_MIN_SIDE), else directly."""
+    [B, 2H, 2W, C_out], by phases where that is faster (PHASES_MIN_SIDE, convolution_forms_pay_off),
+    else directly."""
     height, width = x.shape[1], x.shape[2]
-    if _direct or height is None or width is None or min(height, width) < PHASES_MIN_SIDE:
+    known = height is not None and width is not None
+    if not (convolution_forms_pay_off() and known and min(height, width) >= PHASES_MIN_SIDE):
         return resize_conv_direct(x, kernel, bias)
     return resize_conv_by_phases(x, kernel, bias)
 
@@ -157,8 +197,8 @@ def matmul(h, kernel):
 
 def pointwise_conv(x, kernel):
     """A 1 x 1, stride-1 convolution without bias: x [B, H, W, C_in], kernel [1, 1, C_in, C_out]
-    -> [B, H, W, C_out], as `matmul` over the B H W pixels."""
-    if _direct:
+    -> [B, H, W, C_out], as `matmul` over the B H W pixels where that pays off."""
+    if not convolution_forms_pay_off():
         return tf.nn.conv2d(x, kernel, 1, "VALID")
     c_in, c_out = kernel.shape[2], kernel.shape[3]
     pixels = matmul(tf.reshape(x, [-1, c_in]), tf.reshape(kernel, [c_in, c_out]))

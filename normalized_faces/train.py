@@ -80,10 +80,10 @@ def cpu_has_amx_bfloat16() -> bool:
 
 def resolve_precision(precision: str) -> str:
     """ "auto" -> mixed_bfloat16 on a CPU-only machine whose CPU has AMX (bfloat16 matrix tiles),
-    else float32. On a CPU with AVX512_BF16 but no AMX, mixed_bfloat16 measured 0.75-0.8x the
-    float32 step (benchmarks/train_bench.py, README "Training"); an earlier session measured it
-    1.1-1.25x faster on a machine of this kind whose CPU flags it did not record (AMX is the likely
-    difference; unverified here). GPUs: not measured. Other values pass through."""
+    else float32. benchmarks/train_bench.py, README "Training": on an Intel Xeon with AMX
+    mixed_bfloat16 made the paper's step 1.33x faster (1,152 -> 866 ms, batch 8; oneDNN runs the
+    bfloat16 convolutions on AMX tiles), on a CPU with AVX512_BF16 but no AMX 0.75-0.8x the float32
+    step. GPUs: not measured. Other values pass through."""
     if precision != "auto":
         return precision
     if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
@@ -94,11 +94,15 @@ def resolve_precision(precision: str) -> str:
 def cpu_allocator() -> str:
     """Which allocator holds CPU tensors in this process: "bfc" (TensorFlow's best-fit-with-coalescing
     allocator, this package's default: see normalized_faces/__init__.py) or "system" (malloc)."""
+    # Only the BFC allocator keeps statistics: before TensorFlow 2.21 asking the system allocator
+    # raised; 2.21 answers zeros. A tensor held during the question makes BFC's peak non-zero.
+    held = tf.ones([256])
     try:
-        tf.config.experimental.get_memory_info("CPU:0")  # only the BFC allocator keeps statistics
+        info = tf.config.experimental.get_memory_info("CPU:0")
     except ValueError:
         return "system"
-    return "bfc"
+    del held
+    return "bfc" if info["peak"] > 0 else "system"
 
 
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:

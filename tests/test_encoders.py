@@ -498,6 +498,8 @@ def test_real_facenet_runs_its_pointwise_convolutions_as_matmuls_with_the_same_n
         return outputs["features"], outputs["embedding"], tape.gradient(loss, chips)
 
     fast = tf.function(outputs_and_input_gradient)
+    with fast_ops.every_fast_formulation():  # matmuls on any CPU (by default only without AVX-512)
+        fast.get_concrete_function(chips)
     with fast_ops.direct_formulations():
         direct = tf.function(outputs_and_input_gradient)
         direct.get_concrete_function(chips)

@@ -70,18 +70,24 @@ def test_resize_conv_gradients_match_the_direct_formulation():
         np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-4, atol=1e-4 * np.abs(slow.numpy()).max())
 
 
-def test_resize_conv_layer_uses_phases_from_the_threshold_and_direct_inside_the_context():
+def _by_phases(function, x) -> bool:
+    return any(op.type == "DepthToSpace" for op in function.get_concrete_function(x).graph.get_operations())
+
+
+def test_resize_conv_layer_uses_phases_from_the_threshold_where_they_pay_off_and_direct_inside_the_context():
     layer = model.ResizeConv(4)
     side = fast_ops.PHASES_MIN_SIDE
     x = tf.constant(RNG.normal(size=[1, side, side, 3]), tf.float32)
+    small = tf.constant(RNG.normal(size=[1, side - 1, side, 3]), tf.float32)
     layer.build(x.shape)
-    fast = tf.function(layer)
-    with fast_ops.direct_formulations():
-        direct = tf.function(layer)
-        direct_graph = direct.get_concrete_function(x).graph
-    fast_graph = fast.get_concrete_function(x).graph
-    assert any(op.type == "DepthToSpace" for op in fast_graph.get_operations())
-    assert not any(op.type == "DepthToSpace" for op in direct_graph.get_operations())
+    with fast_ops.every_fast_formulation():
+        fast = tf.function(layer)
+        assert _by_phases(fast, x) and not _by_phases(fast, small)
+    with fast_ops.direct_formulations(), fast_ops.every_fast_formulation():
+        direct = tf.function(layer)  # direct wins over every_fast
+        assert not _by_phases(direct, x)
+    # By default, phases only where they measured faster: on CPUs without AVX-512.
+    assert _by_phases(tf.function(layer), x) == (not fast_ops.cpu_has_avx512())
     np.testing.assert_allclose(fast(x).numpy(), direct(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
