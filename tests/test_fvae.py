@@ -122,6 +122,32 @@ def test_model_shapes_and_two_phases(output_kind):
     assert not all(np.array_equal(a, v.numpy()) for a, v in zip(mask_before, model.mask_decoder.trainable_variables))
 
 
+@pytest.mark.parametrize("output_kind", ["flow", "rgb"])
+def test_mixed_bfloat16_computes_in_bfloat16_and_predicts_and_learns_in_float32(output_kind):
+    """Under mixed_bfloat16 (what --precision=auto picks on AMX CPUs) the networks run in bfloat16,
+    while the latent's statistics, the flow, the output, the mask and every loss term are float32
+    (they once met float32 targets as bfloat16 and training stopped with a dtype error)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = fvae.FlowVAE(base_channels=4, output_kind=output_kind, mask_from_step=2)
+        rng = np.random.default_rng(0)
+        source = tf.constant(rng.uniform(-1, 1, [2, 128, 128, 3]), tf.float32)
+        batch = {"source": source, "target": tf.constant(np.roll(source.numpy(), 2, axis=2))}
+        out = model(batch)
+        assert model.decoder.compute_dtype == "bfloat16"
+        assert all(value.dtype == tf.float32 for value in out.values())
+        terms = model.losses_for(batch)
+        assert all(value.dtype == tf.float32 and np.isfinite(value.numpy()) for value in terms.values())
+        model.compile(optimizer=keras.optimizers.Adam(3e-4, clipvalue=5.0))
+        model.build_for_training()
+        logs = model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0).history  # both phases
+        assert all(np.isfinite(values).all() for values in logs.values())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def test_checkpoint_holds_every_weight(tmp_path):
     """Every variable of the model (convs and batch-norm statistics at every stage) is in its
     checkpoint, and a model rebuilt from its config and restored gives the same outputs."""

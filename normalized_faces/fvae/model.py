@@ -201,18 +201,27 @@ class FlowVAE(RebuildsForInference, keras.Model):
     def encode(self, target, training=False):
         """(mean, log_variance) of Z for target photos."""
         features = self.target_encoder(target, training=training)[-1]
-        return self.to_mean(features), self.to_log_variance(features)
+        # float32 whatever the dtype policy: the KL term sums exp(log_variance) over the latent.
+        return tf.cast(self.to_mean(features), tf.float32), tf.cast(self.to_log_variance(features), tf.float32)
 
     def decode(self, source, latent, training=False, with_mask=True):
         """{"output": g(S, Z), "flow" (flow model only), "mask": M(S, Z) (unless with_mask=False)} for
         source photos and latents."""
         features = self.source_encoder(source, training=training)
-        predicted = self.decoder(latent, features, training=training)
+        # The networks compute in the dtype policy's type (bfloat16 under mixed_bfloat16); what they
+        # predict is float32, so the flow samples and the losses sum in float32, as the main
+        # model's renderer and losses do.
+        latent = tf.cast(latent, self.compute_dtype)
+        predicted = tf.cast(self.decoder(latent, features, training=training), tf.float32)
         out = {}
         if with_mask:
-            out["mask"] = self.mask_decoder(tf.stop_gradient(latent), [tf.stop_gradient(f) for f in features])
+            mask = self.mask_decoder(tf.stop_gradient(latent), [tf.stop_gradient(f) for f in features])
+            out["mask"] = tf.cast(mask, tf.float32)
         if self.output_kind == "flow":
-            out.update(flow=predicted, output=apply_flow(source, predicted))
+            # Keras casts the model's inputs to the policy's type: under mixed_bfloat16 the photo
+            # arrives rounded to bfloat16 (within 0.002 of its value in [-1, 1], under half a
+            # uint8 level) and is sampled in float32.
+            out.update(flow=predicted, output=apply_flow(tf.cast(source, tf.float32), predicted))
         else:
             out["output"] = predicted
         return out
