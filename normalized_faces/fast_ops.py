@@ -33,11 +33,10 @@ benchmarks/train_bench.py's "before" and for the tests that compare the two; wit
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tensorflow as tf
 
+from normalized_faces.cpu_flags import cpu_flags
 from normalized_faces.trace_switch import TraceSwitch
 
 _direct = TraceSwitch()
@@ -72,14 +71,9 @@ def every_fast_formulation():
     return _every_fast.turned_on()
 
 
-@functools.cache
 def cpu_has_avx512() -> bool:
     """Whether this CPU has AVX-512 (Linux /proc/cpuinfo flag avx512f)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return "avx512f" in cpuinfo.read().split()
-    except OSError:
-        return False
+    return "avx512f" in cpu_flags()
 
 
 def convolution_forms_pay_off() -> bool:

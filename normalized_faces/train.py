@@ -23,6 +23,7 @@ import tensorflow as tf
 from normalized_faces import config as config_lib
 from normalized_faces import data, visualize
 from normalized_faces.config import MEAN_FACE_FILE, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TrainConfig
+from normalized_faces.cpu_flags import cpu_flags
 from normalized_faces.model import NormalizedFaceModel
 from normalized_faces.optim import FusedAdam
 
@@ -71,11 +72,7 @@ def tiny_config(model_dir: str, **overrides) -> TrainConfig:
 
 def cpu_has_amx_bfloat16() -> bool:
     """Whether this CPU has AMX bfloat16 tile arithmetic (Linux /proc/cpuinfo flag amx_bf16)."""
-    try:
-        flags = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu_flags()
 
 
 def resolve_precision(precision: str) -> str:
@@ -96,12 +93,11 @@ def cpu_allocator() -> str:
     allocator, this package's default: see normalized_faces/__init__.py) or "system" (malloc)."""
     # Only the BFC allocator keeps statistics: before TensorFlow 2.21 asking the system allocator
     # raised; 2.21 answers zeros. A tensor held during the question makes BFC's peak non-zero.
-    held = tf.ones([256])
+    held = tf.ones([256])  # noqa: F841 (alive while the statistics are read)
     try:
         info = tf.config.experimental.get_memory_info("CPU:0")
     except ValueError:
         return "system"
-    del held
     return "bfc" if info["peak"] > 0 else "system"
 
 
