@@ -1,7 +1,7 @@
 """Short flow VAE runs that choose its settings on validation people (never the test people).
 
     python -m experiments.fvae_probe --run_dir=runs/fvae --probe=coherence_1 --coherence_weight=1 \
-        [--coherence_alpha=10] [--fvae_train_steps=300]
+        [--coherence_alpha=10] [--reconstruction_region=face] [--max_pose_distance=3] [--fvae_train_steps=300]
 
 Trains the flow model alone (no mask phase) on RUN/photo_data (fvae_result's data prep, run first
 if missing) into RUN/probes/<probe>, then scores it on pairs of the validation people: PSNR of
@@ -25,6 +25,8 @@ flags.DEFINE_string("probe", None, "The probe's name: its folder under RUN/probe
 flags.DEFINE_float("coherence_weight", 0.001, "lambda2, the flow coherence's weight (paper: 0.001).")
 flags.DEFINE_float("coherence_alpha", 10.0, "alpha of the coherence's colour term.")
 flags.DEFINE_float("kl_weight", 0.003, "lambda1, the KL term's weight (paper: 0.003).")
+flags.DEFINE_enum("reconstruction_region", "image", ["image", "face"], "--fvae_reconstruction_region.")
+flags.DEFINE_float("max_pose_distance", float("inf"), "--fvae_max_pose_distance (px at 128 x 128).")
 flags.DEFINE_integer("validation_pairs_per_person", 2, "Validation pairs per validation person.")
 flags.mark_flag_as_required("probe")
 
@@ -36,6 +38,8 @@ def probe_config(run_dir: pathlib.Path):
         fvae_coherence_weight=FLAGS.coherence_weight,
         fvae_coherence_alpha=FLAGS.coherence_alpha,
         fvae_kl_weight=FLAGS.kl_weight,
+        fvae_reconstruction_region=FLAGS.reconstruction_region,
+        fvae_max_pose_distance=FLAGS.max_pose_distance,
     )
 
 
@@ -85,19 +89,25 @@ def evaluate_probe(run_dir: pathlib.Path):
         outputs.append(out["output"].numpy())
         flows.append(out["flow"].numpy())
     outputs, flows = np.concatenate(outputs), np.concatenate(flows)
-    psnr = fvae_result.psnr(outputs, np.asarray(fvae_data.to_model_range(targets)))
+    target_range = np.asarray(fvae_data.to_model_range(targets))
+    source_range = np.asarray(fvae_data.to_model_range(sources))
+    faces = np.stack([fvae_data.face_region(photos.landmarks[t], targets.shape[1]) for _, t in pairs])
+    psnr = fvae_result.psnr(outputs, target_range)
     roughness = flow_roughness(flows)
     report = {
         "probe": FLAGS.probe,
         "coherence_weight": FLAGS.coherence_weight,
         "coherence_alpha": FLAGS.coherence_alpha,
         "kl_weight": FLAGS.kl_weight,
+        "reconstruction_region": FLAGS.reconstruction_region,
+        "max_pose_distance": FLAGS.max_pose_distance,
         "steps": FLAGS.fvae_train_steps,
         "pairs": len(pairs),
         "psnr": float(psnr.mean()),
-        "source_psnr": float(
-            fvae_result.psnr(fvae_data.to_model_range(sources), fvae_data.to_model_range(targets)).mean()
-        ),
+        "source_psnr": float(fvae_result.psnr(source_range, target_range).mean()),
+        # On T's face alone (data.face_region), what the face-region probes are asked to reproduce.
+        "face_psnr": float(fvae_result.psnr(outputs, target_range, faces).mean()),
+        "source_face_psnr": float(fvae_result.psnr(source_range, target_range, faces).mean()),
         "flow_roughness_px": float(roughness.mean()),
     }
     picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
@@ -112,14 +122,17 @@ def evaluate_probe(run_dir: pathlib.Path):
 
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
-        "| probe | steps | lambda2 | alpha | lambda1 | validation PSNR | source PSNR | flow roughness (px) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
+        "| face PSNR | source face PSNR | flow roughness (px) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
+        face = "" if "face_psnr" not in r else f"{r['face_psnr']:.2f} | {r['source_face_psnr']:.2f}"
         lines.append(
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
-            f"{r['kl_weight']:g} | {r['psnr']:.2f} | {r['source_psnr']:.2f} | {r['flow_roughness_px']:.3f} |"
+            f"{r['kl_weight']:g} | {r.get('reconstruction_region', 'image')} | {r.get('max_pose_distance', float('inf')):g} | "
+            f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

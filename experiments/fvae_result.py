@@ -118,9 +118,15 @@ def to_uint8(images) -> np.ndarray:
     return visualize.to_uint8((np.asarray(images, np.float32) + 1) / 2)
 
 
-def psnr(a, b) -> np.ndarray:
-    """Per image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=(1, 2, 3))
+def psnr(a, b, weight=None) -> np.ndarray:
+    """Per image PSNR in dB of images [N, H, W, C] in [-1, 1] (peak-to-peak 2); weight [N, H, W, 1]
+    (optional, e.g. the face region): the mean squared error over the pixels it weights."""
+    squared = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    if weight is None:
+        mse = squared.mean(axis=(1, 2, 3))
+    else:
+        weight = np.asarray(weight, np.float64)
+        mse = (squared * weight).sum(axis=(1, 2, 3)) / (weight.sum(axis=(1, 2, 3)) * squared.shape[-1])
     return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
 
 

@@ -35,6 +35,7 @@ OPTIMIZERS = ("fused_adam", "adam")
 # wang2019: the label-free variant (normalized_faces/wang2019), trained on single photos.
 # fvae: expression editing with a flow VAE (normalized_faces/fvae), trained on pairs of one person's photos.
 METHODS = ("cole2017", "wang2019", "fvae")
+FVAE_RECONSTRUCTION_REGIONS = ("image", "face")
 FVAE_OUTPUTS = ("flow", "rgb")
 
 
@@ -129,6 +130,17 @@ class TrainerConfig:
     fvae_coherence_alpha: float = option(
         10.0,
         "fvae: alpha of the coherence's colour term exp(-alpha |T_i - T_j|^2), pixels in [-1, 1] (not in the paper).",
+    )
+    fvae_reconstruction_region: str = option(
+        "image",
+        "fvae: where the reconstruction error counts: image (the paper: every pixel of T) or face (the convex hull "
+        "of T's landmarks; LFW pairs differ in background, hair and framing, which the flow should not chase).",
+        choices=FVAE_RECONSTRUCTION_REGIONS,
+    )
+    fvae_max_pose_distance: float = option(
+        float("inf"),
+        "fvae: pairs only of photos whose landmarks away from the mouth and brows (upper jaw, nose, eyes) lie this "
+        "close, in pixels at 128 x 128 (mean distance; inf: every pair of one person's photos, as the paper).",
     )
     fvae_mask_beta: float = option(0.1, "fvae: beta of the confidence mask's target exp(-|T - g|^2 / beta).")
     fvae_mask_steps: int = option(

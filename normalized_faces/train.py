@@ -367,13 +367,14 @@ def _datasets(config: TrainConfig, model, image_size: int, step: int):
     if config.model.method == "fvae":
         from normalized_faces.fvae import data as fvae_data
 
+        pairs = {"region": trainer.fvae_reconstruction_region, "max_pose_distance": trainer.fvae_max_pose_distance}
         train_data = fvae_data.pair_dataset(
-            fvae_data.load_photos(trainer.data_dir, "train"), trainer.batch_size, seed=trainer.seed + step
+            fvae_data.load_photos(trainer.data_dir, "train"), trainer.batch_size, seed=trainer.seed + step, **pairs
         )
         try:
             photos = fvae_data.load_photos(trainer.data_dir, "validation")
-            validation = fvae_data.pair_dataset(photos, trainer.batch_size, seed=trainer.seed, augment=False)
-            sample_batch = next(iter(fvae_data.pair_dataset(photos, 4, seed=trainer.seed, augment=False)))
+            validation = fvae_data.pair_dataset(photos, trainer.batch_size, seed=trainer.seed, augment=False, **pairs)
+            sample_batch = next(iter(fvae_data.pair_dataset(photos, 4, seed=trainer.seed, augment=False, **pairs)))
         except (FileNotFoundError, ValueError):
             validation, sample_batch = None, None
         return train_data, validation, sample_batch

@@ -215,7 +215,7 @@ def test_pairs_are_of_one_person_and_deterministic():
     images = np.stack(
         [np.full([8, 8, 3], shades[i], np.uint8) + rng.integers(0, 3, [8, 8, 3]).astype(np.uint8) for i in identities]
     )
-    photos = fvae_data.PhotoSet(images, identities, np.array(["neutral"] * 6))
+    photos = fvae_data.PhotoSet(images, identities, np.array(["neutral"] * 6), np.zeros([6, 68, 2], np.float32))
     assert sorted(photos.people_with_pairs()) == ["a", "b"]  # c has one photo
     batch = next(iter(fvae_data.pair_dataset(photos, 16, seed=3)))
     assert batch["source"].shape == (16, 8, 8, 3) and float(tf.reduce_min(batch["source"])) >= -1.0
@@ -223,6 +223,56 @@ def test_pairs_are_of_one_person_and_deterministic():
     assert set(np.round(target_shade / 100).astype(int)) <= {0, 1}  # a's (40) or b's (140), never c's
     again = next(iter(fvae_data.pair_dataset(photos, 16, seed=3)))
     np.testing.assert_array_equal(batch["target"].numpy(), again["target"].numpy())
+
+
+def test_pose_filter_keeps_only_pairs_alike_in_pose():
+    from normalized_faces.fvae import data as fvae_data
+
+    identities = np.array(["a", "a", "b", "b", "b"])
+    landmarks = np.tile(np.random.default_rng(0).uniform(20, 100, [1, 68, 2]).astype(np.float32), [5, 1, 1])
+    landmarks[1] += [6.0, 0.0]  # a's second photo: the whole head 6 px to the right
+    landmarks[4, 48:68] += [0.0, 9.0]  # b's third photo: only the mouth moved (an expression)
+    landmarks[3, fvae_data.POSE_LANDMARKS] += [0.0, 2.0]  # b's second: head 2 px lower
+    photos = fvae_data.PhotoSet(np.zeros([5, 8, 8, 3], np.uint8), identities, np.array(["neutral"] * 5), landmarks)
+    assert fvae_data.pose_distance(landmarks[0], landmarks[1]) == pytest.approx(6.0)
+    assert fvae_data.pose_distance(landmarks[2], landmarks[4]) == 0.0  # the mouth does not count
+    assert fvae_data.person_pairs(photos, 3.0) == {"b": [(2, 3), (2, 4), (3, 4)]}
+    assert fvae_data.person_pairs(photos, 1.0) == {"b": [(2, 4)]}
+    assert sorted(fvae_data.person_pairs(photos)) == ["a", "b"]
+    only_a = fvae_data.PhotoSet(photos.images[:2], identities[:2], photos.labels[:2], landmarks[:2])
+    with pytest.raises(ValueError, match="pose distance of 3 px"):
+        fvae_data.pair_dataset(only_a, 2, max_pose_distance=3.0)
+    with pytest.raises(ValueError, match="region must be image or face"):
+        fvae_data.pair_dataset(photos, 2, region="hair")
+
+
+def test_face_region_weights_the_reconstruction():
+    from normalized_faces.fvae import data as fvae_data
+    from normalized_faces.fvae import losses
+
+    corners = np.array([[4, 3], [11, 3], [11, 12], [4, 12]], np.float32)  # x, y: a 7 x 9 px rectangle
+    landmarks = np.concatenate([corners, np.tile([[7.0, 7.0]], [64, 1])])  # the rest inside it
+    region = fvae_data.face_region(landmarks, 16, margin=0)
+    assert region.shape == (16, 16, 1) and region.dtype == np.float32
+    assert region[3:13, 4:12].min() == 1.0 and region.sum() == 8 * 10  # corners inclusive
+    assert fvae_data.face_region(landmarks, 16, margin=1).sum() == 10 * 12
+    target, output = np.zeros([1, 16, 16, 3], np.float32), np.full([1, 16, 16, 3], 0.5, np.float32)
+    weighted = losses.reconstruction_loss(target, output, region[None])
+    assert float(weighted) == pytest.approx(80 * 3 * 0.25)  # only the face's 80 pixels count
+    assert float(losses.reconstruction_loss(target, output)) == pytest.approx(256 * 3 * 0.25)
+
+    # In batches the weight is the target's region, flipped with it.
+    images = np.zeros([2, 16, 16, 3], np.uint8)
+    images[1] = 200  # T (one or the other photo) tells which landmarks the weight must follow
+    shifted = landmarks + [3.0, 0.0]
+    photos = fvae_data.PhotoSet(images, np.array(["a", "a"]), np.array(["neutral"] * 2), np.stack([landmarks, shifted]))
+    batch = next(iter(fvae_data.pair_dataset(photos, 16, seed=1, region="face")))
+    for target_image, weight in zip(batch["target"].numpy(), batch["target_weight"].numpy()):
+        columns = np.flatnonzero(weight[8, :, 0])
+        expected = fvae_data.face_region(shifted if target_image.mean() > 0 else landmarks, 16)[8, :, 0]
+        assert len(columns) == expected.sum()
+        assert columns.tolist() in (np.flatnonzero(expected).tolist(), np.flatnonzero(expected[::-1]).tolist())
+    assert "target_weight" not in next(iter(fvae_data.pair_dataset(photos, 2, seed=1)))
 
 
 def test_paste_into_photo_moves_the_photo_by_the_flow():

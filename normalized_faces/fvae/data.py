@@ -23,11 +23,13 @@ from normalized_faces.fvae.model import IMAGE_SIZE
 
 @dataclasses.dataclass
 class PhotoSet:
-    """Every photo of one split: images [N, S, S, 3] uint8, identities [N], labels [N] (expressions.LABELS)."""
+    """Every photo of one split: images [N, S, S, 3] uint8, identities [N], labels [N] (expressions.LABELS),
+    landmarks [N, 68, 2] (x, y) in the images' pixels."""
 
     images: np.ndarray
     identities: np.ndarray
     labels: np.ndarray
+    landmarks: np.ndarray
 
     def people_with_pairs(self) -> dict:
         """identity -> indices of its photos, for people with two or more."""
@@ -40,7 +42,7 @@ class PhotoSet:
 def load_photos(data_dir, split: str, size: int = IMAGE_SIZE) -> PhotoSet:
     """Reads a split's photo records (kind "photo"), resizing each aligned crop to size x size and
     labelling its expression (landmarks scaled with it)."""
-    images, identities, labels = [], [], []
+    images, identities, labels, landmarks = [], [], [], []
     for serialized in tf.data.TFRecordDataset(data.record_files(data_dir, split)):
         record = data.decode_record(serialized.numpy())
         if record.kind != "photo":
@@ -51,9 +53,33 @@ def load_photos(data_dir, split: str, size: int = IMAGE_SIZE) -> PhotoSet:
         images.append(cv2.resize(record.image, (size, size), interpolation=cv2.INTER_AREA))
         identities.append(record.identity)
         labels.append(expressions.label(record.landmarks))
+        landmarks.append(np.asarray(record.landmarks, np.float32) * (size / record.image.shape[0]))
     if not images:
         raise ValueError(f"{data_dir}: no {split} records")
-    return PhotoSet(np.stack(images), np.array(identities), np.array(labels))
+    return PhotoSet(np.stack(images), np.array(identities), np.array(labels), np.stack(landmarks))
+
+
+# Landmarks that move with the head but not with the expression (iBUG 68-point numbering): the jaw
+# above the mouth's corners (the chin drops when the mouth opens), the nose and the eyes; not the
+# brows (raised in surprise) or the mouth.
+POSE_LANDMARKS = np.r_[0:5, 12:17, 27:48]
+
+
+def pose_distance(landmarks_a, landmarks_b) -> float:
+    """Mean distance in pixels between two photos' POSE_LANDMARKS ([68, 2] each, same image size)."""
+    return float(np.linalg.norm(landmarks_a[POSE_LANDMARKS] - landmarks_b[POSE_LANDMARKS], axis=-1).mean())
+
+
+def face_region(landmarks, size: int, margin: int = 2) -> np.ndarray:
+    """float32 [size, size, 1]: 1 inside the convex hull of the 68 landmarks (brows to chin, grown by
+    margin pixels), 0 elsewhere. The part of T the flow is asked to reproduce with
+    --fvae_reconstruction_region=face."""
+    region = np.zeros([size, size], np.uint8)
+    hull = cv2.convexHull(np.round(np.asarray(landmarks)).astype(np.int32))
+    cv2.fillConvexPoly(region, hull, 1)
+    if margin > 0:
+        region = cv2.dilate(region, np.ones([2 * margin + 1, 2 * margin + 1], np.uint8))
+    return region[..., None].astype(np.float32)
 
 
 def colour_transfer(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -71,29 +97,73 @@ def to_model_range(images):
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
-def pair_dataset(photos: PhotoSet, batch_size: int, seed: int = 0, augment: bool = True) -> tf.data.Dataset:
+def person_pairs(photos: PhotoSet, max_pose_distance: float = float("inf")) -> dict:
+    """identity -> [(a, b)] the unordered pairs of that person's photos whose pose_distance is at most
+    max_pose_distance, for people with at least one such pair."""
+    pairs = {}
+    for identity, indices in photos.people_with_pairs().items():
+        kept = [
+            (a, b)
+            for i, a in enumerate(indices)
+            for b in indices[i + 1 :]
+            if max_pose_distance == float("inf")
+            or pose_distance(photos.landmarks[a], photos.landmarks[b]) <= max_pose_distance
+        ]
+        if kept:
+            pairs[identity] = kept
+    return pairs
+
+
+def pair_dataset(
+    photos: PhotoSet,
+    batch_size: int,
+    seed: int = 0,
+    augment: bool = True,
+    region: str = "image",
+    max_pose_distance: float = float("inf"),
+) -> tf.data.Dataset:
     """Endless batches {"source", "target"} [B, S, S, 3] in [-1, 1]: a random person (among those
-    with two photos or more), two of their photos, S colour-transferred to T, both flipped together
-    with probability 1/2 (augment=False: no flip). Deterministic for a seed."""
-    people = photos.people_with_pairs()
+    with a pair of photos within max_pose_distance, see person_pairs), one of their pairs in random
+    order, S colour-transferred to T, both flipped together with probability 1/2 (augment=False: no
+    flip). region="face" adds "target_weight" [B, S, S, 1], T's face_region, where the reconstruction
+    error counts. Deterministic for a seed."""
+    if region not in ("image", "face"):
+        raise ValueError(f"region must be image or face, got {region!r}")
+    people = person_pairs(photos, max_pose_distance)
     if not people:
-        raise ValueError("no person has two photos: the flow VAE needs pairs of one person's photos")
+        raise ValueError(
+            f"no person has two photos within a pose distance of {max_pose_distance:g} px: "
+            "the flow VAE needs pairs of one person's photos"
+        )
     names = sorted(people)
     size = photos.images.shape[1]
 
     def pairs():
         rng = np.random.default_rng(seed)
         while True:
-            indices = people[names[rng.integers(len(names))]]
-            s, t = rng.choice(indices, size=2, replace=False)
+            person_pairs_ = people[names[rng.integers(len(names))]]
+            s, t = person_pairs_[rng.integers(len(person_pairs_))]
+            if rng.random() < 0.5:
+                s, t = t, s
             source, target = colour_transfer(photos.images[s], photos.images[t]), photos.images[t]
+            weight = (
+                face_region(photos.landmarks[t], size) if region == "face" else np.ones([size, size, 1], np.float32)
+            )
             if augment and rng.random() < 0.5:
-                source, target = source[:, ::-1], target[:, ::-1]
-            yield np.ascontiguousarray(source), np.ascontiguousarray(target)
+                source, target, weight = source[:, ::-1], target[:, ::-1], weight[:, ::-1]
+            yield np.ascontiguousarray(source), np.ascontiguousarray(target), np.ascontiguousarray(weight)
 
-    spec = tf.TensorSpec([size, size, 3], tf.uint8)
-    dataset = tf.data.Dataset.from_generator(pairs, output_signature=(spec, spec))
-    dataset = dataset.map(lambda s, t: {"source": to_model_range(s), "target": to_model_range(t)})
+    image_spec = tf.TensorSpec([size, size, 3], tf.uint8)
+    weight_spec = tf.TensorSpec([size, size, 1], tf.float32)
+    dataset = tf.data.Dataset.from_generator(pairs, output_signature=(image_spec, image_spec, weight_spec))
+
+    def to_batch(source, target, weight):
+        batch = {"source": to_model_range(source), "target": to_model_range(target)}
+        if region == "face":
+            batch["target_weight"] = weight
+        return batch
+
+    dataset = dataset.map(to_batch)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
 
 

@@ -13,9 +13,13 @@ import tensorflow as tf
 COHERENCE_WINDOW = 7  # the flow coherence's neighbourhood, 7 x 7
 
 
-def reconstruction_loss(target, output):
-    """L2: sum of squared differences per example, batch mean."""
-    return tf.reduce_mean(tf.reduce_sum(tf.square(target - output), axis=[1, 2, 3]))
+def reconstruction_loss(target, output, weight=None):
+    """L2: sum of squared differences per example, batch mean. weight [B, H, W, 1] (optional): each
+    pixel's squared differences multiplied by it (data.face_region: 1 on the face, 0 elsewhere)."""
+    squared = tf.square(target - output)
+    if weight is not None:
+        squared *= weight
+    return tf.reduce_mean(tf.reduce_sum(squared, axis=[1, 2, 3]))
 
 
 def kl_divergence(mean, log_variance):

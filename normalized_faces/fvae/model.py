@@ -237,12 +237,13 @@ class FlowVAE(RebuildsForInference, keras.Model):
         return {**decoded, "mean": mean, "log_variance": log_variance}
 
     def losses_for(self, batch, training=False, with_mask=True):
-        """The loss terms of a batch {"source", "target"}. with_mask=False skips the mask decoder
-        (the flow phase of training: its loss is then reported as 0)."""
+        """The loss terms of a batch {"source", "target"[, "target_weight"]} (the weight: where T's
+        reconstruction error counts, data.pair_dataset's region). with_mask=False skips the mask
+        decoder (the flow phase of training: its loss is then reported as 0)."""
         out = self(batch, training=training, with_mask=with_mask)
         target = batch["target"]
         terms = {
-            "reconstruction_loss": losses.reconstruction_loss(target, out["output"]),
+            "reconstruction_loss": losses.reconstruction_loss(target, out["output"], batch.get("target_weight")),
             "kl_loss": losses.kl_divergence(out["mean"], out["log_variance"]),
         }
         terms["loss"] = terms["reconstruction_loss"] + self.kl_weight * terms["kl_loss"]
