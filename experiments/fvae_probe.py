@@ -3,7 +3,8 @@
     python -m experiments.fvae_probe --run_dir=runs/fvae --probe=coherence_1 --coherence_weight=1 \
         [--coherence_alpha=10] [--reconstruction_region=face] [--max_pose_distance=3] [--fvae_train_steps=300]
 
-Trains the flow model alone (no mask phase) on RUN/photo_data (fvae_result's data prep, run first
+Trains the flow model alone (no mask phase), with fvae_result's settings and flags (the loss
+weights, --reconstruction_region, --max_pose_distance), on RUN/photo_data (fvae_result's data prep, run first
 if missing) into RUN/probes/<probe>, then scores it on pairs of the validation people: PSNR of
 g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels between neighbouring
 pixels' flows (a torn flow is rough; the paper's flows are smooth), and writes a grid of
@@ -22,11 +23,6 @@ from experiments import fvae_result, lfw_result
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("probe", None, "The probe's name: its folder under RUN/probes.")
-flags.DEFINE_float("coherence_weight", 0.001, "lambda2, the flow coherence's weight (paper: 0.001).")
-flags.DEFINE_float("coherence_alpha", 10.0, "alpha of the coherence's colour term.")
-flags.DEFINE_float("kl_weight", 0.003, "lambda1, the KL term's weight (paper: 0.003).")
-flags.DEFINE_enum("reconstruction_region", "image", ["image", "face"], "--fvae_reconstruction_region.")
-flags.DEFINE_float("max_pose_distance", float("inf"), "--fvae_max_pose_distance (px at 128 x 128).")
 flags.DEFINE_integer("validation_pairs_per_person", 2, "Validation pairs per validation person.")
 flags.mark_flag_as_required("probe")
 
@@ -35,11 +31,6 @@ def probe_config(run_dir: pathlib.Path):
     return fvae_result.train_config(run_dir, "flow").replace(
         model_dir=str(run_dir / "probes" / FLAGS.probe),
         fvae_mask_steps=0,
-        fvae_coherence_weight=FLAGS.coherence_weight,
-        fvae_coherence_alpha=FLAGS.coherence_alpha,
-        fvae_kl_weight=FLAGS.kl_weight,
-        fvae_reconstruction_region=FLAGS.reconstruction_region,
-        fvae_max_pose_distance=FLAGS.max_pose_distance,
     )
 
 
@@ -101,6 +92,7 @@ def evaluate_probe(run_dir: pathlib.Path):
         "kl_weight": FLAGS.kl_weight,
         "reconstruction_region": FLAGS.reconstruction_region,
         "max_pose_distance": FLAGS.max_pose_distance,
+        "reconstruction_highpass": FLAGS.reconstruction_highpass,
         "steps": FLAGS.fvae_train_steps,
         "pairs": len(pairs),
         "psnr": float(psnr.mean()),
@@ -128,10 +120,13 @@ def summary(run_dir: pathlib.Path) -> str:
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
+        region = r.get("reconstruction_region", "image")
+        if r.get("reconstruction_highpass"):
+            region += f", high-pass {r['reconstruction_highpass']:g} px"
         face = "" if "face_psnr" not in r else f"{r['face_psnr']:.2f} | {r['source_face_psnr']:.2f}"
         lines.append(
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
-            f"{r['kl_weight']:g} | {r.get('reconstruction_region', 'image')} | {r.get('max_pose_distance', float('inf')):g} | "
+            f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
             f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -137,6 +137,11 @@ class TrainerConfig:
         "of T's landmarks; LFW pairs differ in background, hair and framing, which the flow should not chase).",
         choices=FVAE_RECONSTRUCTION_REGIONS,
     )
+    fvae_reconstruction_highpass: float = option(
+        0.0,
+        "fvae: > 0: the reconstruction error high-passed first (its Gaussian blur of this sigma, px at 128 x 128, "
+        "subtracted), so lighting that varies slowly across the face costs nothing (0: plain L2, the paper).",
+    )
     fvae_max_pose_distance: float = option(
         float("inf"),
         "fvae: pairs only of photos whose landmarks away from the mouth and brows (upper jaw, nose, eyes) lie this "

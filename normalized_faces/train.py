@@ -147,6 +147,7 @@ def _build_flow_vae(config: TrainConfig) -> keras.Model:
         kl_weight=trainer.fvae_kl_weight,
         coherence_weight=trainer.fvae_coherence_weight,
         coherence_alpha=trainer.fvae_coherence_alpha,
+        reconstruction_highpass=trainer.fvae_reconstruction_highpass,
         mask_beta=trainer.fvae_mask_beta,
         mask_from_step=max(trainer.train_steps - trainer.fvae_mask_steps, 0),
     )

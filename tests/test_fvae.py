@@ -225,6 +225,23 @@ def test_pairs_are_of_one_person_and_deterministic():
     np.testing.assert_array_equal(batch["target"].numpy(), again["target"].numpy())
 
 
+def test_highpass_reconstruction_ignores_slow_shading_and_keeps_fine_detail():
+    """A constant difference (a uniform change of brightness) costs nothing high-passed; a
+    pixel-scale checkerboard, which a blur of sigma 5 flattens to ~0, costs what the plain L2 says."""
+    rng = np.random.default_rng(0)
+    output = rng.uniform(-1, 1, [2, 32, 32, 3]).astype(np.float32)
+    constant = output + 0.3
+    assert float(losses.reconstruction_loss(constant, output, highpass_sigma=5.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.reconstruction_loss(constant, output)) == pytest.approx(32 * 32 * 3 * 0.09, rel=1e-5)
+    y, x = np.mgrid[0:32, 0:32]
+    checkerboard = np.where((x + y) % 2 == 0, 0.1, -0.1).astype(np.float32)[None, :, :, None]
+    plain = float(losses.reconstruction_loss(output + checkerboard, output))
+    highpassed = float(losses.reconstruction_loss(output + checkerboard, output, highpass_sigma=5.0))
+    assert plain == pytest.approx(32 * 32 * 3 * 0.01, rel=1e-5) and highpassed == pytest.approx(plain, rel=1e-3)
+    blurred = losses.gaussian_blur(tf.constant(checkerboard.repeat(3, -1)), 5.0).numpy()
+    assert np.abs(blurred).max() < 1e-4 and blurred.shape == (1, 32, 32, 3)
+
+
 def test_pose_filter_keeps_only_pairs_alike_in_pose():
     from normalized_faces.fvae import data as fvae_data
 

@@ -8,15 +8,38 @@ KL term, lambda2 = 0.001 on the coherence term) are set against a summed reconst
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 COHERENCE_WINDOW = 7  # the flow coherence's neighbourhood, 7 x 7
 
 
-def reconstruction_loss(target, output, weight=None):
+def gaussian_blur(images, sigma: float):
+    """images [B, H, W, C] blurred by a Gaussian of standard deviation sigma pixels (separable,
+    truncated at 3 sigma, edges mirrored so a constant image stays constant)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = tf.exp(-tf.square(tf.range(-radius, radius + 1, dtype=images.dtype)) / (2 * sigma * sigma))
+    taps /= tf.reduce_sum(taps)
+    channels = images.shape[-1]
+    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, channels, 1])
+    blurred = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, columns, [1, 1, 1, 1], "VALID")
+
+
+def reconstruction_loss(target, output, weight=None, highpass_sigma: float = 0.0):
     """L2: sum of squared differences per example, batch mean. weight [B, H, W, 1] (optional): each
-    pixel's squared differences multiplied by it (data.face_region: 1 on the face, 0 elsewhere)."""
-    squared = tf.square(target - output)
+    pixel's squared differences multiplied by it (data.face_region: 1 on the face, 0 elsewhere).
+    highpass_sigma > 0: the difference's Gaussian blur (that sigma, in pixels) subtracted first, so
+    shading that varies slowly across the face (LFW pairs' lighting) costs nothing and the flow is
+    paid for aligning features, not for moving bright pixels into shadows. (The blur is linear:
+    the same as high-passing T and g separately.)"""
+    difference = target - output
+    if highpass_sigma > 0:
+        difference -= gaussian_blur(difference, highpass_sigma)
+    squared = tf.square(difference)
     if weight is not None:
         squared *= weight
     return tf.reduce_mean(tf.reduce_sum(squared, axis=[1, 2, 3]))

@@ -170,6 +170,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
         kl_weight=0.003,
         coherence_weight=0.001,
         coherence_alpha=10.0,
+        reconstruction_highpass=0.0,
         mask_beta=0.1,
         mask_from_step=None,
         **kwargs,
@@ -181,6 +182,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
         self.base_channels, self.output_kind = int(base_channels), output_kind
         self.kl_weight, self.coherence_weight = float(kl_weight), float(coherence_weight)
         self.coherence_alpha, self.mask_beta = float(coherence_alpha), float(mask_beta)
+        self.reconstruction_highpass = float(reconstruction_highpass)
         self.mask_from_step = None if mask_from_step is None else int(mask_from_step)
         channels = _stage_channels(self.base_channels)[-1]
         self.target_encoder = ImageEncoder(self.base_channels, name="target_encoder")
@@ -243,7 +245,9 @@ class FlowVAE(RebuildsForInference, keras.Model):
         out = self(batch, training=training, with_mask=with_mask)
         target = batch["target"]
         terms = {
-            "reconstruction_loss": losses.reconstruction_loss(target, out["output"], batch.get("target_weight")),
+            "reconstruction_loss": losses.reconstruction_loss(
+                target, out["output"], batch.get("target_weight"), self.reconstruction_highpass
+            ),
             "kl_loss": losses.kl_divergence(out["mean"], out["log_variance"]),
         }
         terms["loss"] = terms["reconstruction_loss"] + self.kl_weight * terms["kl_loss"]
@@ -311,6 +315,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
             "kl_weight": self.kl_weight,
             "coherence_weight": self.coherence_weight,
             "coherence_alpha": self.coherence_alpha,
+            "reconstruction_highpass": self.reconstruction_highpass,
             "mask_beta": self.mask_beta,
             "mask_from_step": self.mask_from_step,
         }

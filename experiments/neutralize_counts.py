@@ -1,0 +1,95 @@
+"""How many more LFW people the paper's data prep keeps when smiling photos are neutralized (issue 15).
+
+    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] [--num_morphs=0]
+
+EXPORT: a flow VAE SavedModel (`python -m export.saved_model --model_dir=RUN/flow ...` of an
+fvae_result run). Runs data prep in the paper's mode (identity averages; the default filters) on
+the train + validation people of the fixed split twice, side by side on the same photos: as the
+paper does, dropping photos that smile or open the mouth (RUN/plain), and with --neutralize_with
+(RUN/neutralized), where such photos are edited towards neutral and kept if they then pass every
+filter. Prints and writes RUN/neutralize_counts.md: photos accepted, accepted after an edit,
+rejected for the expression, and identities with at least --min_photos_per_identity photos (the
+ones the paper's data can average). Each data prep is skipped when its metadata.json exists.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from experiments import lfw_result
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("neutralize_with", None, "The flow VAE export that edits photos towards neutral.")
+flags.DEFINE_integer("min_photos_per_identity", 3, "Photos an identity needs to be averaged (paper: 3).")
+flags.mark_flag_as_required("neutralize_with")
+FLAGS.set_default("run_dir", str(lfw_result.REPO / "runs" / "neutralize"))
+# Morphs do not change who has enough photos; none by default keeps the two jobs short.
+FLAGS.set_default("num_morphs", 0)
+
+
+def prepare(run_dir: pathlib.Path, folder: str, people, split, neutralize_with):
+    """Data prep of the train + validation people into RUN/folder; returns its counts."""
+    from data_prep import job, stages
+    from normalized_faces import data
+
+    data_dir = run_dir / folder
+    if (data_dir / data.METADATA_FILE).exists():
+        return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
+    manifest = lfw_result.photo_manifest(people, split["train"] + split["validation"], run_dir / "photos.csv")
+    config = stages.PrepConfig(
+        num_morphs=FLAGS.num_morphs,
+        min_photos_per_identity=FLAGS.min_photos_per_identity,
+        neutralize_with=neutralize_with,
+    )
+    flag_values = {"input": str(manifest), "num_morphs": FLAGS.num_morphs, "neutralize_with": neutralize_with}
+    summary = job.run(str(manifest), str(data_dir), config, flag_values=flag_values)
+    job.print_summary(summary, str(data_dir))
+    return summary, True
+
+
+@lfw_result.stage("data prep, the paper's filters (expressions dropped)")
+def prepare_plain(run_dir, people, split):
+    return prepare(run_dir, "plain", people, split, None)
+
+
+@lfw_result.stage("data prep, the paper's filters with --neutralize_with")
+def prepare_neutralized(run_dir, people, split):
+    return prepare(run_dir, "neutralized", people, split, FLAGS.neutralize_with)
+
+
+def table(plain: dict, neutralized: dict) -> str:
+    from data_prep.neutralize import EXPRESSION_REASONS
+
+    def expression_rejects(counts):
+        return sum(v for k, v in counts["rejected_by_reason"].items() if k in EXPRESSION_REASONS)
+
+    rows = [
+        ("photos in", "inputs"),
+        ("photos accepted", "accepted"),
+        ("of them after an edit towards neutral", "neutralized"),
+        (f"identities with >= {FLAGS.min_photos_per_identity} photos", "identities_with_enough_photos"),
+    ]
+    lines = ["| | expressions dropped (paper) | neutralized |", "|---|---|---|"]
+    for label, key in rows:
+        lines.append(f"| {label} | {plain.get(key, 0)} | {neutralized.get(key, 0)} |")
+    lines.append(
+        f"| rejected for smiling or an open mouth | {expression_rejects(plain)} | {expression_rejects(neutralized)} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    run_dir, people, split = lfw_result.start_run()
+    plain = prepare_plain(run_dir, people, split)
+    neutralized = prepare_neutralized(run_dir, people, split)
+    text = table(plain, neutralized)
+    (run_dir / "neutralize_counts.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
