@@ -8,7 +8,8 @@ weights, --reconstruction_region, --max_pose_distance), on RUN/photo_data (fvae_
 if missing) into RUN/probes/<probe>, then scores it on pairs of the validation people: PSNR of
 g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels between neighbouring
 pixels' flows (a torn flow is rough; the paper's flows are smooth), and writes a grid of
-source | output | flow | target. RUN/probes/summary.md lists every probe so far.
+source | output | flow | target, and a grid of validation photos edited towards each expression
+(Algorithm 1). RUN/probes/summary.md lists every probe so far.
 """
 
 from __future__ import annotations
@@ -112,6 +113,34 @@ def evaluate_probe(run_dir: pathlib.Path):
     return report, True
 
 
+@lfw_result.stage("probe: edits of validation photos")
+def edit_probe(run_dir: pathlib.Path, per_label: int = 2):
+    """RUN/probes/<probe>/probe_edits.png: validation photos (per_label of each expression) edited
+    by Algorithm 1 at full strength towards every label, the mean latents from training photos."""
+    from PIL import Image
+
+    from normalized_faces import inference, visualize
+    from normalized_faces.fvae import data as fvae_data
+    from normalized_faces.fvae.editing import EDIT_TARGETS, ExpressionEditor, mean_latents_for_run
+
+    probe_dir = run_dir / "probes" / FLAGS.probe
+    path = probe_dir / "probe_edits.png"
+    if path.exists():
+        return path, False
+    model = inference.restore_training_model(probe_dir)
+    editor = ExpressionEditor(model, mean_latents_for_run(probe_dir, model))
+    photos = fvae_data.load_photos(run_dir / "photo_data", "validation")
+    picks = np.concatenate([np.flatnonzero(photos.labels == label)[:per_label] for label in EDIT_TARGETS])
+    rows = [[photos.images[i]] for i in picks]
+    for label in EDIT_TARGETS:
+        faces = editor.edit(photos.images[picks], photos.landmarks[picks], label)["faces"][-1]
+        for row, face in zip(rows, faces):
+            row.append(face)
+    titles = ["photo"] + [f"to {label}" for label in EDIT_TARGETS]  # rows: per_label photos of each, in that order
+    Image.fromarray(visualize.image_grid(rows, column_titles=titles)).save(path)
+    return path, True
+
+
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
@@ -138,6 +167,7 @@ def main(argv):
     fvae_result.prepare_training_photos(run_dir, people, split)
     lfw_result.make_training_stage(FLAGS.probe, f"probe {FLAGS.probe}", lambda r, _: probe_config(r))(run_dir)
     evaluate_probe(run_dir)
+    edit_probe(run_dir)
     text = summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
