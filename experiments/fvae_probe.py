@@ -9,7 +9,9 @@ if missing) into RUN/probes/<probe>, then scores it on pairs of the validation p
 g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels between neighbouring
 pixels' flows (a torn flow is rough; the paper's flows are smooth), and writes a grid of
 source | output | flow | target, and a grid of validation photos edited towards each expression
-(Algorithm 1). RUN/probes/summary.md lists every probe so far.
+(Algorithm 1); and what --neutralize_with would make of it: the share of validation photos failing
+data prep's smile or open-mouth filter that pass both once edited towards neutral (landmarks found
+again by dlib). RUN/probes/summary.md lists every probe so far.
 """
 
 from __future__ import annotations
@@ -141,22 +143,82 @@ def edit_probe(run_dir: pathlib.Path, per_label: int = 2):
     return path, True
 
 
+def expression_passes(points) -> bool:
+    """Whether landmarks pass data prep's expression filters (its default smile and mouth thresholds)."""
+    from data_prep import filters
+    from normalized_faces import expressions
+
+    thresholds = filters.FilterThresholds()
+    return (
+        expressions.smile(points) <= thresholds.max_smile
+        and expressions.mouth_open(points) <= thresholds.max_mouth_open
+    )
+
+
+@lfw_result.stage("probe: validation photos neutralized")
+def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
+    """What --neutralize_with would do with this model, measured: every validation photo that fails
+    data prep's smile or open-mouth filter is edited towards neutral (Algorithm 1, full strength, on
+    its 224 px crop), dlib finds its landmarks again, and the share that now passes both filters is
+    counted, next to the same photos unedited with landmarks found the same way (what detection
+    noise alone passes). RUN/probes/<probe>/probe_neutralize.json."""
+    import tensorflow as tf
+
+    from normalized_faces import data, detection, inference
+    from normalized_faces.fvae.editing import ExpressionEditor, mean_latents_for_run
+
+    probe_dir = run_dir / "probes" / FLAGS.probe
+    path = probe_dir / "probe_neutralize.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    model = inference.restore_training_model(probe_dir)
+    editor = ExpressionEditor(model, mean_latents_for_run(probe_dir, model))
+    records = [
+        data.decode_record(r.numpy())
+        for r in tf.data.TFRecordDataset(data.record_files(run_dir / "photo_data", "validation"))
+    ]
+    expressive = [r for r in records if not expression_passes(r.landmarks)]
+    detector = detection.FaceDetector("hog")
+    counts = {"photos": len(expressive), "edited_pass": 0, "unedited_pass": 0, "edited_no_face": 0}
+    for start in range(0, len(expressive), batch_size):
+        chunk = expressive[start : start + batch_size]
+        faces = np.stack([r.image for r in chunk])
+        edited = editor.edit(faces, np.stack([r.landmarks for r in chunk]), "neutral")["faces"][-1]
+        for before, after in zip(faces, edited):
+            found_before, found_after = detector(before), detector(after)
+            counts["unedited_pass"] += bool(found_before) and expression_passes(found_before[0].landmarks)
+            counts["edited_no_face"] += not found_after
+            counts["edited_pass"] += bool(found_after) and expression_passes(found_after[0].landmarks)
+    report = {
+        **counts,
+        "edited_pass_share": counts["edited_pass"] / max(counts["photos"], 1),
+        "unedited_pass_share": counts["unedited_pass"] / max(counts["photos"], 1),
+    }
+    path.write_text(json.dumps(report, indent=2))
+    return report, True
+
+
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
-        "| face PSNR | source face PSNR | flow roughness (px) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| face PSNR | source face PSNR | flow roughness (px) | neutralized: pass (unedited) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
         region = r.get("reconstruction_region", "image")
         if r.get("reconstruction_highpass"):
             region += f", high-pass {r['reconstruction_highpass']:g} px"
+        neutralized = ""
+        if (path.parent / "probe_neutralize.json").exists():
+            n = json.loads((path.parent / "probe_neutralize.json").read_text())
+            neutralized = f"{n['edited_pass']} / {n['photos']} ({n['unedited_pass']})"
         face = "" if "face_psnr" not in r else f"{r['face_psnr']:.2f} | {r['source_face_psnr']:.2f}"
         lines.append(
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
             f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
-            f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} |"
+            f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} | "
+            f"{neutralized} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -168,6 +230,7 @@ def main(argv):
     lfw_result.make_training_stage(FLAGS.probe, f"probe {FLAGS.probe}", lambda r, _: probe_config(r))(run_dir)
     evaluate_probe(run_dir)
     edit_probe(run_dir)
+    neutralize_probe(run_dir)
     text = summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
