@@ -234,6 +234,14 @@ def main(argv):
     text = summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
+    if FLAGS.figures_dir:  # the probe's two grids, quantized, as docs/results/fvae_probe_<probe>[_edits].png
+        probe_dir = run_dir / "probes" / FLAGS.probe
+        figures_dir = pathlib.Path(FLAGS.figures_dir)
+        fvae_result.save_small_figure(
+            probe_dir / "probe_grid.png", figures_dir / f"fvae_probe_{FLAGS.probe}.png", False
+        )
+        edits = figures_dir / f"fvae_probe_{FLAGS.probe}_edits.png"
+        fvae_result.save_small_figure(probe_dir / "probe_edits.png", edits, False)
 
 
 if __name__ == "__main__":

@@ -301,6 +301,17 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
     return paths
 
 
+def save_small_figure(path: pathlib.Path, destination: pathlib.Path, halve: bool) -> None:
+    """A result figure made small enough for the repository: quantized to 256 colours (and halved)."""
+    from PIL import Image
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.open(path).convert("RGB")
+    if halve:
+        image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+    image.quantize(256, dither=Image.Dither.NONE).save(destination, optimize=True)
+
+
 def main(argv):
     del argv
     run_dir, people, split = lfw_result.start_run()
@@ -317,15 +328,9 @@ def main(argv):
     for path in paths:
         print(f"wrote {path}")
     if FLAGS.figures_dir:
-        figures_dir = pathlib.Path(FLAGS.figures_dir)
-        figures_dir.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
-        for path in paths:  # halved and quantized: small enough for the repository
-            image = Image.open(path).convert("RGB")
-            image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
-            image.quantize(256, dither=Image.Dither.NONE).save(figures_dir / path.name, optimize=True)
-        shutil.copyfile(run_dir / "fvae_results.md", figures_dir / "fvae_results.md")
+        for path in paths:
+            save_small_figure(path, pathlib.Path(FLAGS.figures_dir) / path.name, halve=True)
+        shutil.copyfile(run_dir / "fvae_results.md", pathlib.Path(FLAGS.figures_dir) / "fvae_results.md")
 
 
 if __name__ == "__main__":
