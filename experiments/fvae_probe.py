@@ -198,6 +198,24 @@ def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
     return report, True
 
 
+def pair_statistics(run_dir: pathlib.Path) -> str:
+    """How alike in pose the train split's pairs are: the median pose distance over every pair of
+    one person's photos, and how many pairs --max_pose_distance keeps."""
+    from normalized_faces.fvae import data as fvae_data
+
+    photos = fvae_data.load_photos(run_dir / "photo_data", "train")
+    distances = [
+        fvae_data.pose_distance(photos.landmarks[a], photos.landmarks[b])
+        for pairs in fvae_data.person_pairs(photos).values()
+        for a, b in pairs
+    ]
+    kept = sum(d <= FLAGS.max_pose_distance for d in distances)
+    return (
+        f"train pairs: {len(distances)}, median pose distance {np.median(distances):.2f} px at 128 px; "
+        f"{kept} ({kept / len(distances):.0%}) within --max_pose_distance={FLAGS.max_pose_distance:g}"
+    )
+
+
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
@@ -234,6 +252,7 @@ def main(argv):
     text = summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
+    print(pair_statistics(run_dir))
     if FLAGS.figures_dir:  # the probe's two grids, quantized, as docs/results/fvae_probe_<probe>[_edits].png
         probe_dir = run_dir / "probes" / FLAGS.probe
         figures_dir = pathlib.Path(FLAGS.figures_dir)
