@@ -1,6 +1,6 @@
 """How many more LFW people the paper's data prep keeps when smiling photos are neutralized (issue 15).
 
-    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] [--num_morphs=0]
+    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] [--num_morphs=0] [--max_people=N]
 
 EXPORT: a flow VAE SavedModel (`python -m export.saved_model --model_dir=RUN/flow ...` of an
 fvae_result run). Runs data prep in the paper's mode (identity averages; the default filters) on
@@ -24,6 +24,7 @@ from experiments import lfw_result
 FLAGS = flags.FLAGS
 flags.DEFINE_string("neutralize_with", None, "The flow VAE export that edits photos towards neutral.")
 flags.DEFINE_integer("min_photos_per_identity", 3, "Photos an identity needs to be averaged (paper: 3).")
+flags.DEFINE_integer("max_people", None, "Only the first this many people (by name): a quick trial of the command.")
 flags.mark_flag_as_required("neutralize_with")
 FLAGS.set_default("run_dir", str(lfw_result.REPO / "runs" / "neutralize"))
 # Morphs do not change who has enough photos; none by default keeps the two jobs short.
@@ -38,7 +39,8 @@ def prepare(run_dir: pathlib.Path, folder: str, people, split, neutralize_with):
     data_dir = run_dir / folder
     if (data_dir / data.METADATA_FILE).exists():
         return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
-    manifest = lfw_result.photo_manifest(people, split["train"] + split["validation"], run_dir / "photos.csv")
+    names = sorted(split["train"] + split["validation"])[: FLAGS.max_people]
+    manifest = lfw_result.photo_manifest(people, names, run_dir / "photos.csv")
     config = stages.PrepConfig(
         num_morphs=FLAGS.num_morphs,
         min_photos_per_identity=FLAGS.min_photos_per_identity,
