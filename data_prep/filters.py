@@ -104,10 +104,7 @@ def eye_openness(points: np.ndarray) -> float:
 
 
 def _face_mask(image_shape, points):
-    mask = np.zeros(image_shape[:2], np.uint8)
-    hull = cv2.convexHull(np.round(points).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 1)
-    return mask.astype(bool)
+    return lm.convex_hull_mask(points, *image_shape[:2]).astype(bool)
 
 
 def sharpness(image: np.ndarray, points: np.ndarray) -> float:

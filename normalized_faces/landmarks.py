@@ -93,6 +93,17 @@ def _mirror_permutation() -> np.ndarray:
 MIRROR = _mirror_permutation()
 
 
+def convex_hull_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [height, width]: 1 inside the convex hull of the points [N, 2] (x, y; rounded to whole
+    pixels, the border included), 0 elsewhere. The face region the filters measure in, the 3-D
+    texture's confidence and the flow VAE's face-only loss start from."""
+    import cv2  # only the callers that draw masks need OpenCV
+
+    mask = np.zeros([height, width], np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(np.asarray(landmarks)).astype(np.int32)), 1)
+    return mask
+
+
 def eye_centers(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the subject's right (image left) and left eye, [..., 2] each."""
     landmarks = np.asarray(landmarks)

@@ -17,6 +17,7 @@ import numpy as np
 from normalized_faces.face3d.fit import FaceFit
 from normalized_faces.face3d.morphable_model import SurreyFaceModel
 from normalized_faces.face3d.render import rasterize
+from normalized_faces.landmarks import convex_hull_mask
 
 HULL_FALLOFF = 6.0  # px at 224: the confidence ramp across the landmark hull's border
 CONFIDENT = 0.5  # vertices at least this confident keep their own colour when filling
@@ -38,9 +39,7 @@ def bilinear(image: np.ndarray, points: np.ndarray) -> np.ndarray:
 def hull_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     """[size, size] in [0, 1]: 1 well inside the landmarks' convex hull, 0 outside, a linear ramp
     HULL_FALLOFF px wide (scaled to the image) centred on its border."""
-    inside = np.zeros([size, size], np.uint8)
-    hull = cv2.convexHull(np.round(landmarks).astype(np.int32))
-    cv2.fillConvexPoly(inside, hull, 1)
+    inside = convex_hull_mask(landmarks, size, size)
     distance_in = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     distance_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
     falloff = HULL_FALLOFF * size / 224.0

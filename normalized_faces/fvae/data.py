@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from normalized_faces import data, expressions
 from normalized_faces.fvae.model import IMAGE_SIZE
+from normalized_faces.landmarks import convex_hull_mask
 
 
 @dataclasses.dataclass
@@ -74,9 +75,7 @@ def face_region(landmarks, size: int, margin: int = 2) -> np.ndarray:
     """float32 [size, size, 1]: 1 inside the convex hull of the 68 landmarks (brows to chin, grown by
     margin pixels), 0 elsewhere. The part of T the flow is asked to reproduce with
     --fvae_reconstruction_region=face."""
-    region = np.zeros([size, size], np.uint8)
-    hull = cv2.convexHull(np.round(np.asarray(landmarks)).astype(np.int32))
-    cv2.fillConvexPoly(region, hull, 1)
+    region = convex_hull_mask(landmarks, size, size)
     if margin > 0:
         region = cv2.dilate(region, np.ones([2 * margin + 1, 2 * margin + 1], np.uint8))
     return region[..., None].astype(np.float32)
@@ -146,21 +145,20 @@ def pair_dataset(
             if rng.random() < 0.5:
                 s, t = t, s
             source, target = colour_transfer(photos.images[s], photos.images[t]), photos.images[t]
-            weight = (
-                face_region(photos.landmarks[t], size) if region == "face" else np.ones([size, size, 1], np.float32)
-            )
+            example = [source, target] + ([face_region(photos.landmarks[t], size)] if with_weight else [])
             if augment and rng.random() < 0.5:
-                source, target, weight = source[:, ::-1], target[:, ::-1], weight[:, ::-1]
-            yield np.ascontiguousarray(source), np.ascontiguousarray(target), np.ascontiguousarray(weight)
+                example = [array[:, ::-1] for array in example]
+            yield tuple(np.ascontiguousarray(array) for array in example)
 
+    with_weight = region == "face"
     image_spec = tf.TensorSpec([size, size, 3], tf.uint8)
-    weight_spec = tf.TensorSpec([size, size, 1], tf.float32)
-    dataset = tf.data.Dataset.from_generator(pairs, output_signature=(image_spec, image_spec, weight_spec))
+    weight_spec = [tf.TensorSpec([size, size, 1], tf.float32)] if with_weight else []
+    dataset = tf.data.Dataset.from_generator(pairs, output_signature=(image_spec, image_spec, *weight_spec))
 
-    def to_batch(source, target, weight):
+    def to_batch(source, target, *weight):
         batch = {"source": to_model_range(source), "target": to_model_range(target)}
-        if region == "face":
-            batch["target_weight"] = weight
+        if with_weight:
+            batch["target_weight"] = weight[0]
         return batch
 
     dataset = dataset.map(to_batch)
