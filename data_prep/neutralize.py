@@ -8,7 +8,9 @@ the edited crop, and kept if it then passes every filter; otherwise it is reject
 expression it still shows, with "after neutralizing" in the detail.
 
 Only the expression filters decide: a photo that also fails another filter (blur, pose, glasses...)
-is rejected for that, unedited.
+is rejected for that, unedited. And an edit that moved the head is rejected whatever the filters
+say (neutralize_moved_head): a flow that folds the whole face, or tears the mouth, can leave
+landmarks that pass the expression filters (README, the w100 probe).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from normalized_faces import expressions
 
 # The filters' reasons an edit towards neutral can remove.
 EXPRESSION_REASONS = ("mouth_open", "smiling")
+
+# Default of --neutralize_max_head_shift: the most an edit may move the head-bound landmarks
+# (landmarks.pose_distance, px at data prep's 224 px crop), found again by dlib on the edit.
+MAX_HEAD_SHIFT = 4.0
 
 
 def without_expression_filters(thresholds: filters.FilterThresholds) -> filters.FilterThresholds:

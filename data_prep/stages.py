@@ -73,6 +73,12 @@ class PrepConfig:
         "edited towards neutral and kept if they then pass every filter (data_prep/neutralize.py). Default: dropped.",
         kind=str,
     )
+    neutralize_max_head_shift: float = option(
+        neutralize.MAX_HEAD_SHIFT,
+        "--neutralize_with: reject an edit whose head-bound landmarks (upper jaw, nose, eyes), found again on the "
+        "edited crop, lie further than this from the photo's (mean, px at the crop size; reason neutralize_moved_head): "
+        "an edit towards neutral moves the mouth, not the head, and one that folds the face can still pass the filters.",
+    )
     apply_filters: bool = option(
         True, "Apply the frontal/neutral/sharp/colour/eyeglasses filters (stage 4).", flag="filters"
     )
@@ -278,13 +284,23 @@ class ProcessPhoto(beam.DoFn):
     def _neutralize(self, aligned, measures):
         """The aligned face edited towards neutral, its landmarks found again on the edit; returns
         (aligned, the first filter it now fails or None). Blur, colour and glasses are measured
-        before the edit (a flow does not change them); pose and expressions from the new landmarks."""
+        before the edit (a flow does not change them); pose and expressions from the new landmarks.
+        Raises RejectedPhoto when no face is found on the edit, or the edit moved the head."""
         with timed("neutralize"):
             edited = self._neutralizer(aligned.image, aligned.landmarks)
             faces = self._detect(edited)
         if not faces:
             raise RejectedPhoto("no_face", "no face found on the crop after neutralizing", stage="filter")
         points = faces[0].landmarks
+        head_shift = lm.pose_distance(np.asarray(aligned.landmarks), np.asarray(points))
+        if head_shift > self.config.neutralize_max_head_shift:
+            raise RejectedPhoto(
+                "neutralize_moved_head",
+                f"the edit moved the head {head_shift:.2f} px vs threshold {self.config.neutralize_max_head_shift:g}",
+                stage="filter",
+                value=head_shift,
+                threshold=self.config.neutralize_max_head_shift,
+            )
         yaw, pitch = filters.head_pose(points, edited.shape[0])
         measures = {
             **measures,

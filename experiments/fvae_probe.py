@@ -1,13 +1,15 @@
 """Short flow VAE runs that choose its settings on validation people (never the test people).
 
     python -m experiments.fvae_probe --run_dir=runs/fvae --probe=coherence_1 --coherence_weight=1 \
-        [--coherence_alpha=10] [--reconstruction_region=face] [--max_pose_distance=3] [--fvae_train_steps=300]
+        [--coherence_alpha=10] [--reconstruction_region=face] [--max_pose_distance=3] [--landmark_weight=1] \
+        [--fvae_train_steps=300]
 
 Trains the flow model alone (no mask phase), with fvae_result's settings and flags (the loss
 weights, --reconstruction_region, --max_pose_distance), on RUN/photo_data (fvae_result's data prep, run first
 if missing) into RUN/probes/<probe>, then scores it on pairs of the validation people: PSNR of
 g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels between neighbouring
-pixels' flows (a torn flow is rough; the paper's flows are smooth), and writes a grid of
+pixels' flows (a torn flow is rough; the paper's flows are smooth), how far from S's landmarks the
+output samples where T shows its landmarks (the flow's geometry, whatever the lighting), and writes a grid of
 source | output | flow | target, and a grid of validation photos edited towards each expression
 (Algorithm 1); and what --neutralize_with would make of it: the share of validation photos failing
 data prep's smile or open-mouth filter that pass both once edited towards neutral (landmarks found
@@ -35,6 +37,20 @@ def probe_config(run_dir: pathlib.Path):
         model_dir=str(run_dir / "probes" / FLAGS.probe),
         fvae_mask_steps=0,
     )
+
+
+def landmark_error(flows, photos, pairs) -> np.ndarray:
+    """Per pair, the mean over the 68 landmarks of |t + F(t) - s| in pixels: flows [N, S, S, 2]
+    (normalized), pairs (s, t) indices into photos."""
+    from normalized_faces import warp
+
+    size = flows.shape[1]
+    sources = np.stack([photos.landmarks[s] for s, _ in pairs])
+    targets = np.stack([photos.landmarks[t] for _, t in pairs])
+    at_target = warp.bilinear_sample(
+        np.asarray(flows, np.float32), targets[..., 0].astype(np.float32), targets[..., 1].astype(np.float32)
+    ).numpy() * ((size - 1) / 2.0)
+    return np.linalg.norm(targets + at_target - sources, axis=-1).mean(axis=-1)
 
 
 def flow_roughness(flows) -> np.ndarray:
@@ -96,6 +112,7 @@ def evaluate_probe(run_dir: pathlib.Path):
         "reconstruction_region": FLAGS.reconstruction_region,
         "max_pose_distance": FLAGS.max_pose_distance,
         "reconstruction_highpass": FLAGS.reconstruction_highpass,
+        "landmark_weight": FLAGS.landmark_weight,
         "steps": FLAGS.fvae_train_steps,
         "pairs": len(pairs),
         "psnr": float(psnr.mean()),
@@ -104,6 +121,10 @@ def evaluate_probe(run_dir: pathlib.Path):
         "face_psnr": float(fvae_result.psnr(outputs, target_range, faces).mean()),
         "source_face_psnr": float(fvae_result.psnr(source_range, target_range, faces).mean()),
         "flow_roughness_px": float(roughness.mean()),
+        # Where the output shows T's landmarks, how far from S's landmarks it samples: the flow's
+        # geometry, whatever the lighting (the identity flow: |t - s|).
+        "landmark_error_px": float(landmark_error(flows, photos, pairs).mean()),
+        "source_landmark_error_px": float(landmark_error(np.zeros_like(flows), photos, pairs).mean()),
     }
     picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
     colours = flow_image(flows[picks])
@@ -161,11 +182,15 @@ def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
     data prep's smile or open-mouth filter is edited towards neutral (Algorithm 1, full strength, on
     its 224 px crop), dlib finds its landmarks again, and the share that now passes both filters is
     counted, next to the same photos unedited with landmarks found the same way (what detection
-    noise alone passes). RUN/probes/<probe>/probe_neutralize.json."""
+    noise alone passes), and how many of those kept the head where it was (data prep's
+    --neutralize_max_head_shift, with the head shifts found edited and unedited as percentiles).
+    RUN/probes/<probe>/probe_neutralize.json."""
     import tensorflow as tf
 
+    from data_prep import stages
     from normalized_faces import data, detection, inference
     from normalized_faces.fvae.editing import ExpressionEditor, mean_latents_for_run
+    from normalized_faces.landmarks import pose_distance
 
     probe_dir = run_dir / "probes" / FLAGS.probe
     path = probe_dir / "probe_neutralize.json"
@@ -180,19 +205,35 @@ def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
     expressive = [r for r in records if not expression_passes(r.landmarks)]
     detector = detection.FaceDetector("hog")
     counts = {"photos": len(expressive), "edited_pass": 0, "unedited_pass": 0, "edited_no_face": 0}
+    counts["edited_pass_head_kept"] = 0
+    max_shift = stages.PrepConfig().neutralize_max_head_shift
+    shifts = {"edited": [], "unedited": []}
     for start in range(0, len(expressive), batch_size):
         chunk = expressive[start : start + batch_size]
         faces = np.stack([r.image for r in chunk])
         edited = editor.edit(faces, np.stack([r.landmarks for r in chunk]), "neutral")["faces"][-1]
-        for before, after in zip(faces, edited):
+        for record, before, after in zip(chunk, faces, edited):
             found_before, found_after = detector(before), detector(after)
             counts["unedited_pass"] += bool(found_before) and expression_passes(found_before[0].landmarks)
             counts["edited_no_face"] += not found_after
-            counts["edited_pass"] += bool(found_after) and expression_passes(found_after[0].landmarks)
+            # How far the head-bound landmarks found again lie from the record's (data prep's guard):
+            # unedited, dlib's noise alone; edited, that and what the edit moved.
+            for kind, found in (("unedited", found_before), ("edited", found_after)):
+                if found:
+                    shifts[kind].append(pose_distance(np.asarray(record.landmarks), np.asarray(found[0].landmarks)))
+            if found_after and expression_passes(found_after[0].landmarks):
+                counts["edited_pass"] += 1
+                counts["edited_pass_head_kept"] += shifts["edited"][-1] <= max_shift
     report = {
         **counts,
         "edited_pass_share": counts["edited_pass"] / max(counts["photos"], 1),
         "unedited_pass_share": counts["unedited_pass"] / max(counts["photos"], 1),
+        "max_head_shift_px": max_shift,
+        **{
+            f"{kind}_head_shift_px": {q: float(np.percentile(v, int(q[1:]))) for q in ("p50", "p90", "p95", "p99")}
+            for kind, v in shifts.items()
+            if v
+        },
     }
     path.write_text(json.dumps(report, indent=2))
     return report, True
@@ -202,10 +243,11 @@ def pair_statistics(run_dir: pathlib.Path) -> str:
     """How alike in pose the train split's pairs are: the median pose distance over every pair of
     one person's photos, and how many pairs --max_pose_distance keeps."""
     from normalized_faces.fvae import data as fvae_data
+    from normalized_faces.landmarks import pose_distance
 
     photos = fvae_data.load_photos(run_dir / "photo_data", "train")
     distances = [
-        fvae_data.pose_distance(photos.landmarks[a], photos.landmarks[b])
+        pose_distance(photos.landmarks[a], photos.landmarks[b])
         for pairs in fvae_data.person_pairs(photos).values()
         for a, b in pairs
     ]
@@ -219,24 +261,31 @@ def pair_statistics(run_dir: pathlib.Path) -> str:
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
-        "| face PSNR | source face PSNR | flow roughness (px) | neutralized: pass (unedited) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| face PSNR | source face PSNR | flow roughness (px) | landmark error px (S) | neutralized: pass (unedited) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
         region = r.get("reconstruction_region", "image")
         if r.get("reconstruction_highpass"):
             region += f", high-pass {r['reconstruction_highpass']:g} px"
+        if r.get("landmark_weight"):
+            region += f", landmarks x{r['landmark_weight']:g}"
         neutralized = ""
         if (path.parent / "probe_neutralize.json").exists():
             n = json.loads((path.parent / "probe_neutralize.json").read_text())
             neutralized = f"{n['edited_pass']} / {n['photos']} ({n['unedited_pass']})"
+            if "edited_pass_head_kept" in n:
+                neutralized += f"; head kept: {n['edited_pass_head_kept']}"
         face = "" if "face_psnr" not in r else f"{r['face_psnr']:.2f} | {r['source_face_psnr']:.2f}"
+        landmarks = ""
+        if "landmark_error_px" in r:
+            landmarks = f"{r['landmark_error_px']:.2f} ({r['source_landmark_error_px']:.2f})"
         lines.append(
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
             f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
             f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} | "
-            f"{neutralized} |"
+            f"{landmarks} | {neutralized} |"
         )
     return "\n".join(lines) + "\n"
 

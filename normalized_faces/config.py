@@ -147,6 +147,11 @@ class TrainerConfig:
         "fvae: pairs only of photos whose landmarks away from the mouth and brows (upper jaw, nose, eyes) lie this "
         "close, in pixels at 128 x 128 (mean distance; inf: every pair of one person's photos, as the paper).",
     )
+    fvae_landmark_weight: float = option(
+        0.0,
+        "fvae: > 0: weight of a landmark term, |t + F(t) - s|^2 summed over the 68 landmarks in px at 128 x 128: the "
+        "flow must carry T's landmarks onto S's, geometry an LFW pair's L2 confounds with lighting (0: off, the paper).",
+    )
     fvae_mask_beta: float = option(0.1, "fvae: beta of the confidence mask's target exp(-|T - g|^2 / beta).")
     fvae_mask_steps: int = option(
         1000, "fvae: the run's last steps train only the confidence mask (the paper trains it after the flow VAE)."

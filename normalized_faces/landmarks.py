@@ -93,6 +93,19 @@ def _mirror_permutation() -> np.ndarray:
 MIRROR = _mirror_permutation()
 
 
+# Landmarks that move with the head but not with the expression (iBUG 68-point numbering): the jaw
+# above the mouth's corners (the chin drops when the mouth opens), the nose and the eyes; not the
+# brows (raised in surprise) or the mouth.
+POSE_LANDMARKS = np.r_[0:5, 12:17, 27:48]
+
+
+def pose_distance(landmarks_a, landmarks_b) -> float:
+    """Mean distance in pixels between two faces' POSE_LANDMARKS ([68, 2] each, same image): how far
+    the head differs, whatever the expression (the flow VAE's pose-alike pairs; how far an edit
+    towards neutral moved the head in data prep)."""
+    return float(np.linalg.norm(landmarks_a[POSE_LANDMARKS] - landmarks_b[POSE_LANDMARKS], axis=-1).mean())
+
+
 def convex_hull_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [height, width]: 1 inside the convex hull of the points [N, 2] (x, y; rounded to whole
     pixels, the border included), 0 elsewhere. The face region the filters measure in, the 3-D

@@ -148,6 +148,7 @@ def _build_flow_vae(config: TrainConfig) -> keras.Model:
         coherence_weight=trainer.fvae_coherence_weight,
         coherence_alpha=trainer.fvae_coherence_alpha,
         reconstruction_highpass=trainer.fvae_reconstruction_highpass,
+        landmark_weight=trainer.fvae_landmark_weight,
         mask_beta=trainer.fvae_mask_beta,
         mask_from_step=max(trainer.train_steps - trainer.fvae_mask_steps, 0),
     )
@@ -368,7 +369,11 @@ def _datasets(config: TrainConfig, model, image_size: int, step: int):
     if config.model.method == "fvae":
         from normalized_faces.fvae import data as fvae_data
 
-        pairs = {"region": trainer.fvae_reconstruction_region, "max_pose_distance": trainer.fvae_max_pose_distance}
+        pairs = {
+            "region": trainer.fvae_reconstruction_region,
+            "max_pose_distance": trainer.fvae_max_pose_distance,
+            "with_landmarks": trainer.fvae_landmark_weight > 0,
+        }
         train_data = fvae_data.pair_dataset(
             fvae_data.load_photos(trainer.data_dir, "train"), trainer.batch_size, seed=trainer.seed + step, **pairs
         )

@@ -243,16 +243,17 @@ def test_highpass_reconstruction_ignores_slow_shading_and_keeps_fine_detail():
 
 
 def test_pose_filter_keeps_only_pairs_alike_in_pose():
+    from normalized_faces import landmarks as landmarks_module
     from normalized_faces.fvae import data as fvae_data
 
     identities = np.array(["a", "a", "b", "b", "b"])
     landmarks = np.tile(np.random.default_rng(0).uniform(20, 100, [1, 68, 2]).astype(np.float32), [5, 1, 1])
     landmarks[1] += [6.0, 0.0]  # a's second photo: the whole head 6 px to the right
     landmarks[4, 48:68] += [0.0, 9.0]  # b's third photo: only the mouth moved (an expression)
-    landmarks[3, fvae_data.POSE_LANDMARKS] += [0.0, 2.0]  # b's second: head 2 px lower
+    landmarks[3, landmarks_module.POSE_LANDMARKS] += [0.0, 2.0]  # b's second: head 2 px lower
     photos = fvae_data.PhotoSet(np.zeros([5, 8, 8, 3], np.uint8), identities, np.array(["neutral"] * 5), landmarks)
-    assert fvae_data.pose_distance(landmarks[0], landmarks[1]) == pytest.approx(6.0)
-    assert fvae_data.pose_distance(landmarks[2], landmarks[4]) == 0.0  # the mouth does not count
+    assert landmarks_module.pose_distance(landmarks[0], landmarks[1]) == pytest.approx(6.0)
+    assert landmarks_module.pose_distance(landmarks[2], landmarks[4]) == 0.0  # the mouth does not count
     assert fvae_data.person_pairs(photos, 3.0) == {"b": [(2, 3), (2, 4), (3, 4)]}
     assert fvae_data.person_pairs(photos, 1.0) == {"b": [(2, 4)]}
     assert sorted(fvae_data.person_pairs(photos)) == ["a", "b"]
@@ -290,6 +291,62 @@ def test_face_region_weights_the_reconstruction():
         assert len(columns) == expected.sum()
         assert columns.tolist() in (np.flatnonzero(expected).tolist(), np.flatnonzero(expected[::-1]).tolist())
     assert "target_weight" not in next(iter(fvae_data.pair_dataset(photos, 2, seed=1)))
+
+
+def test_landmark_loss_by_hand_and_its_landmarks_flip_with_the_photos():
+    """A constant flow of (c_x, c_y) normalized moves every sample by c * (size - 1) / 2 pixels, so
+    the loss is sum_k |t_k + c * scale - s_k|^2; it is zero for the flow that carries T's landmarks
+    exactly onto S's, and its gradient is that of the sum (finite differences)."""
+    from normalized_faces.fvae import data as fvae_data
+
+    rng = np.random.default_rng(0)
+    size = 16
+    target_points = rng.uniform(2, 13, [2, 68, 2]).astype(np.float32)
+    shift_px = np.array([[3.0, -1.5], [0.5, 2.0]], np.float32)  # per example: S = T moved by this
+    source_points = target_points + shift_px[:, None]
+    scale = (size - 1) / 2.0
+    exact = np.tile((shift_px / scale)[:, None, None], [1, size, size, 1])
+    assert float(losses.landmark_loss(exact, source_points, target_points)) == pytest.approx(0.0, abs=1e-8)
+    constant = np.full([2, size, size, 2], 0.1, np.float32)
+    miss = target_points + 0.1 * scale - source_points
+    expected = np.mean(np.sum(miss**2, axis=(1, 2)))
+    assert float(losses.landmark_loss(constant, source_points, target_points)) == pytest.approx(expected, rel=1e-5)
+
+    flow = tf.Variable(rng.normal(0, 0.05, [2, size, size, 2]).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = losses.landmark_loss(flow, source_points, target_points)
+    gradient = tape.gradient(loss, flow).numpy()
+    # One flow value under a landmark: the loss is quadratic in it, so a central difference is exact
+    # up to float rounding.
+    x, y = np.floor(target_points[0, 0]).astype(int)
+    step = 1e-2
+    changed = []
+    for sign in (1, -1):
+        moved = flow.numpy().copy()
+        moved[0, y, x, 0] += sign * step
+        changed.append(float(losses.landmark_loss(moved, source_points, target_points)))
+    assert gradient[0, y, x, 0] == pytest.approx((changed[0] - changed[1]) / (2 * step), rel=1e-3)
+
+    # In batches: S's and T's landmarks, both mirrored when the photos are (x -> size - 1 - x).
+    images = np.zeros([2, size, size, 3], np.uint8)
+    images[1] = 200
+    images[:, :, :4] += 50  # a bright left edge shows whether a photo was flipped
+    points = np.stack([target_points[0], source_points[0]])
+    photos = fvae_data.PhotoSet(images, np.array(["a", "a"]), np.array(["neutral"] * 2), points)
+    batch = next(iter(fvae_data.pair_dataset(photos, 16, seed=3, with_landmarks=True)))
+    flipped_seen = set()
+    for i in range(16):
+        target = batch["target"].numpy()[i]
+        flipped = bool(target[0, -1, 0] > target[0, 0, 0])
+        flipped_seen.add(flipped)
+        t, s = (1, 0) if target.mean() > 0 else (0, 1)
+        expected_t, expected_s = points[t].copy(), points[s].copy()
+        if flipped:
+            expected_t[:, 0], expected_s[:, 0] = size - 1 - expected_t[:, 0], size - 1 - expected_s[:, 0]
+        np.testing.assert_allclose(batch["target_landmarks"].numpy()[i], expected_t, atol=1e-5)
+        np.testing.assert_allclose(batch["source_landmarks"].numpy()[i], expected_s, atol=1e-5)
+    assert flipped_seen == {True, False}
+    assert "target_landmarks" not in next(iter(fvae_data.pair_dataset(photos, 2, seed=1)))
 
 
 def test_paste_into_photo_moves_the_photo_by_the_flow():
@@ -399,6 +456,7 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     # smiling is edited and judged again (this tiny model barely moves it, so it is rejected
     # "after neutralizing", or kept and counted); a photo failing another filter is not edited;
     # a neutral photo passes as before. The books balance.
+    import dataclasses
     import json
 
     from data_prep import job, stages
@@ -425,5 +483,16 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
         assert summary["neutralized"] == 0
     else:
         assert summary["neutralized"] == 1
+    # With no head movement allowed, the smiling photo's edit is rejected for moving the head
+    # (dlib's landmarks found again on the edit never sit exactly where the alignment put them).
+    strict = dataclasses.replace(config, neutralize_max_head_shift=0.0)
+    summary = job.run(str(chosen.parent), str(tmp_path / "prep_strict"), strict, ["--direct_running_mode=in_memory"])
+    moved = [
+        r
+        for r in map(json.loads, (tmp_path / "prep_strict" / "rejected.jsonl").read_text().splitlines())
+        if pathlib.Path(r["path"]).name == "Ariel_Sharon_0001.jpg"
+    ]
+    assert moved[0]["reason"] == "neutralize_moved_head" and "moved the head" in moved[0]["detail"]
+    assert summary["neutralized"] == 0 and summary["accepted"] == 1
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
         Neutralizer(tmp_path / "missing")

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from normalized_faces import data, expressions
 from normalized_faces.fvae.model import IMAGE_SIZE
-from normalized_faces.landmarks import convex_hull_mask
+from normalized_faces.landmarks import convex_hull_mask, pose_distance
 
 
 @dataclasses.dataclass
@@ -54,21 +54,12 @@ def load_photos(data_dir, split: str, size: int = IMAGE_SIZE) -> PhotoSet:
         images.append(cv2.resize(record.image, (size, size), interpolation=cv2.INTER_AREA))
         identities.append(record.identity)
         labels.append(expressions.label(record.landmarks))
-        landmarks.append(np.asarray(record.landmarks, np.float32) * (size / record.image.shape[0]))
+        # (0, 0) is the top-left pixel's centre (landmarks.py), so pixel edges, not centres, scale.
+        scale = size / record.image.shape[0]
+        landmarks.append((np.asarray(record.landmarks, np.float32) + 0.5) * scale - 0.5)
     if not images:
         raise ValueError(f"{data_dir}: no {split} records")
     return PhotoSet(np.stack(images), np.array(identities), np.array(labels), np.stack(landmarks))
-
-
-# Landmarks that move with the head but not with the expression (iBUG 68-point numbering): the jaw
-# above the mouth's corners (the chin drops when the mouth opens), the nose and the eyes; not the
-# brows (raised in surprise) or the mouth.
-POSE_LANDMARKS = np.r_[0:5, 12:17, 27:48]
-
-
-def pose_distance(landmarks_a, landmarks_b) -> float:
-    """Mean distance in pixels between two photos' POSE_LANDMARKS ([68, 2] each, same image size)."""
-    return float(np.linalg.norm(landmarks_a[POSE_LANDMARKS] - landmarks_b[POSE_LANDMARKS], axis=-1).mean())
 
 
 def face_region(landmarks, size: int, margin: int = 2) -> np.ndarray:
@@ -120,12 +111,14 @@ def pair_dataset(
     augment: bool = True,
     region: str = "image",
     max_pose_distance: float = float("inf"),
+    with_landmarks: bool = False,
 ) -> tf.data.Dataset:
     """Endless batches {"source", "target"} [B, S, S, 3] in [-1, 1]: a random person (among those
     with a pair of photos within max_pose_distance, see person_pairs), one of their pairs in random
     order, S colour-transferred to T, both flipped together with probability 1/2 (augment=False: no
     flip). region="face" adds "target_weight" [B, S, S, 1], T's face_region, where the reconstruction
-    error counts. Deterministic for a seed."""
+    error counts. with_landmarks adds "source_landmarks" and "target_landmarks" [B, 68, 2] (x, y)
+    pixels, flipped with their photos (for losses.landmark_loss). Deterministic for a seed."""
     if region not in ("image", "face"):
         raise ValueError(f"region must be image or face, got {region!r}")
     people = person_pairs(photos, max_pose_distance)
@@ -145,20 +138,29 @@ def pair_dataset(
             if rng.random() < 0.5:
                 s, t = t, s
             source, target = colour_transfer(photos.images[s], photos.images[t]), photos.images[t]
-            example = [source, target] + ([face_region(photos.landmarks[t], size)] if with_weight else [])
+            images = [source, target] + ([face_region(photos.landmarks[t], size)] if with_weight else [])
+            points = [photos.landmarks[s], photos.landmarks[t]] if with_landmarks else []
             if augment and rng.random() < 0.5:
-                example = [array[:, ::-1] for array in example]
-            yield tuple(np.ascontiguousarray(array) for array in example)
+                images = [array[:, ::-1] for array in images]
+                # x mirrored; the numbering is left as is (landmarks.MIRROR would relabel left and
+                # right): the loss compares S's point k with T's point k, the same for both.
+                points = [np.stack([size - 1 - p[:, 0], p[:, 1]], axis=-1) for p in points]
+            yield tuple(np.ascontiguousarray(array) for array in images + points)
 
     with_weight = region == "face"
     image_spec = tf.TensorSpec([size, size, 3], tf.uint8)
     weight_spec = [tf.TensorSpec([size, size, 1], tf.float32)] if with_weight else []
-    dataset = tf.data.Dataset.from_generator(pairs, output_signature=(image_spec, image_spec, *weight_spec))
+    points_spec = [tf.TensorSpec([photos.landmarks.shape[1], 2], tf.float32)] * (2 if with_landmarks else 0)
+    signature = (image_spec, image_spec, *weight_spec, *points_spec)
+    dataset = tf.data.Dataset.from_generator(pairs, output_signature=signature)
 
-    def to_batch(source, target, *weight):
+    def to_batch(source, target, *extra):
         batch = {"source": to_model_range(source), "target": to_model_range(target)}
+        extra = list(extra)
         if with_weight:
-            batch["target_weight"] = weight[0]
+            batch["target_weight"] = extra.pop(0)
+        if with_landmarks:
+            batch["source_landmarks"], batch["target_landmarks"] = extra
         return batch
 
     dataset = dataset.map(to_batch)

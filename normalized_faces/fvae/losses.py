@@ -12,6 +12,8 @@ import math
 
 import tensorflow as tf
 
+from normalized_faces import warp
+
 COHERENCE_WINDOW = 7  # the flow coherence's neighbourhood, 7 x 7
 
 
@@ -75,6 +77,23 @@ def coherence_loss(flow, target, alpha, window: int = COHERENCE_WINDOW):
             weight = tf.exp(-(alpha * tf.reduce_sum(tf.square(target_i - target_j), -1) + float(dy * dy + dx * dx)))
             total += tf.reduce_sum(weight * tf.reduce_sum(tf.square(flow_i - flow_j), -1), axis=[1, 2])
     return tf.reduce_mean(2.0 * total)
+
+
+def landmark_loss(flow, source_landmarks, target_landmarks):
+    """How far the flow is from carrying T's landmarks onto S's: sum over the 68 landmarks of
+    |t + F(t) - s|^2 in pixels, F bilinearly sampled at t and converted from normalized coordinates,
+    per example, batch mean. flow [B, H, W, 2]; landmarks [B, 68, 2] (x, y) pixels of the same H x W.
+
+    g(S, Z) samples S at p + F(p) (model.apply_flow), so where T shows landmark k the output shows
+    S's pixel at t_k + F(t_k), which should be S's landmark k. Landmarks do not change with the
+    lighting, so this term pays for the geometry that an LFW pair's L2 confounds with shading (not
+    in the paper, whose MULTI-PIE pairs share a session)."""
+    size = tf.cast(tf.shape(flow)[1:3], flow.dtype)
+    scale = tf.stack([(size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0])
+    target_landmarks = tf.cast(target_landmarks, flow.dtype)
+    at_target = warp.bilinear_sample(flow, target_landmarks[..., 0], target_landmarks[..., 1]) * scale
+    miss = target_landmarks + at_target - tf.cast(source_landmarks, flow.dtype)
+    return tf.reduce_mean(tf.reduce_sum(tf.square(miss), axis=[1, 2]))
 
 
 def mask_target(target, output, beta):

@@ -158,7 +158,8 @@ class FlowVAE(RebuildsForInference, keras.Model):
     """f, g and the confidence mask M, trained on (source, target) pairs of one person's photos.
 
     Batches: {"source": S, "target": T} [B, 128, 128, 3] in [-1, 1]. train_step minimizes
-    reconstruction + kl_weight * KL + coherence_weight * coherence (losses.py) over everything but
+    reconstruction + kl_weight * KL + coherence_weight * coherence [+ landmark_weight * landmarks,
+    the batch then carrying "source_landmarks" and "target_landmarks"] (losses.py) over everything but
     M; from optimizer step `mask_from_step` on (the second phase; None: never) only M learns,
     towards losses.mask_target. M's inputs are cut from the graph, so the two never mix.
     """
@@ -171,6 +172,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
         coherence_weight=0.001,
         coherence_alpha=10.0,
         reconstruction_highpass=0.0,
+        landmark_weight=0.0,
         mask_beta=0.1,
         mask_from_step=None,
         **kwargs,
@@ -183,6 +185,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
         self.kl_weight, self.coherence_weight = float(kl_weight), float(coherence_weight)
         self.coherence_alpha, self.mask_beta = float(coherence_alpha), float(mask_beta)
         self.reconstruction_highpass = float(reconstruction_highpass)
+        self.landmark_weight = float(landmark_weight)
         self.mask_from_step = None if mask_from_step is None else int(mask_from_step)
         channels = _stage_channels(self.base_channels)[-1]
         self.target_encoder = ImageEncoder(self.base_channels, name="target_encoder")
@@ -193,7 +196,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
         self.source_encoder = ImageEncoder(self.base_channels, name="source_encoder")
         self.decoder = FlowDecoder(self.base_channels, output_kind, name="decoder")
         self.mask_decoder = FlowDecoder(self.base_channels, "mask", name="mask_decoder")
-        names = ("loss", "reconstruction_loss", "kl_loss", "coherence_loss", "mask_loss")
+        names = ("loss", "reconstruction_loss", "kl_loss", "coherence_loss", "landmark_loss", "mask_loss")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -239,8 +242,9 @@ class FlowVAE(RebuildsForInference, keras.Model):
         return {**decoded, "mean": mean, "log_variance": log_variance}
 
     def losses_for(self, batch, training=False, with_mask=True):
-        """The loss terms of a batch {"source", "target"[, "target_weight"]} (the weight: where T's
-        reconstruction error counts, data.pair_dataset's region). with_mask=False skips the mask
+        """The loss terms of a batch {"source", "target"[, "target_weight"][, "source_landmarks",
+        "target_landmarks"]} (the weight: where T's reconstruction error counts, data.pair_dataset's
+        region; the landmarks: needed with landmark_weight > 0). with_mask=False skips the mask
         decoder (the flow phase of training: its loss is then reported as 0)."""
         out = self(batch, training=training, with_mask=with_mask)
         target = batch["target"]
@@ -254,6 +258,11 @@ class FlowVAE(RebuildsForInference, keras.Model):
         if self.output_kind == "flow" and self.coherence_weight > 0:
             terms["coherence_loss"] = losses.coherence_loss(out["flow"], target, self.coherence_alpha)
             terms["loss"] += self.coherence_weight * terms["coherence_loss"]
+        if self.output_kind == "flow" and self.landmark_weight > 0:
+            terms["landmark_loss"] = losses.landmark_loss(
+                out["flow"], batch["source_landmarks"], batch["target_landmarks"]
+            )
+            terms["loss"] += self.landmark_weight * terms["landmark_loss"]
         terms["mask_loss"] = tf.constant(0.0)
         if with_mask:
             confidence = losses.mask_target(target, tf.stop_gradient(out["output"]), self.mask_beta)
@@ -316,6 +325,7 @@ class FlowVAE(RebuildsForInference, keras.Model):
             "coherence_weight": self.coherence_weight,
             "coherence_alpha": self.coherence_alpha,
             "reconstruction_highpass": self.reconstruction_highpass,
+            "landmark_weight": self.landmark_weight,
             "mask_beta": self.mask_beta,
             "mask_from_step": self.mask_from_step,
         }
