@@ -99,6 +99,13 @@ def evaluate_probe(run_dir: pathlib.Path):
         outputs.append(out["output"].numpy())
         flows.append(out["flow"].numpy())
     outputs, flows = np.concatenate(outputs), np.concatenate(flows)
+    # g(T, Z(T)): each photo with itself, where Algorithm 1's edits start; ideally no flow at all.
+    self_flows = np.concatenate(
+        [
+            model(fvae_data.to_model_range(targets[start : start + 32]))["flow"].numpy()
+            for start in range(0, len(pairs), 32)
+        ]
+    )
     target_range = np.asarray(fvae_data.to_model_range(targets))
     source_range = np.asarray(fvae_data.to_model_range(sources))
     faces = np.stack([fvae_data.face_region(photos.landmarks[t], targets.shape[1]) for _, t in pairs])
@@ -113,6 +120,7 @@ def evaluate_probe(run_dir: pathlib.Path):
         "max_pose_distance": FLAGS.max_pose_distance,
         "reconstruction_highpass": FLAGS.reconstruction_highpass,
         "landmark_weight": FLAGS.landmark_weight,
+        "self_pairs": FLAGS.self_pairs,
         "steps": FLAGS.fvae_train_steps,
         "pairs": len(pairs),
         "psnr": float(psnr.mean()),
@@ -125,6 +133,7 @@ def evaluate_probe(run_dir: pathlib.Path):
         # geometry, whatever the lighting (the identity flow: |t - s|).
         "landmark_error_px": float(landmark_error(flows, photos, pairs).mean()),
         "source_landmark_error_px": float(landmark_error(np.zeros_like(flows), photos, pairs).mean()),
+        "self_flow_px": float(np.linalg.norm(self_flows, axis=-1).mean() * (targets.shape[1] - 1) / 2.0),
     }
     picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
     colours = flow_image(flows[picks])
@@ -234,6 +243,7 @@ def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
             for kind, v in shifts.items()
             if v
         },
+        "head_shifts_px": shifts,  # every photo's, to count at another threshold
     }
     path.write_text(json.dumps(report, indent=2))
     return report, True
@@ -261,8 +271,9 @@ def pair_statistics(run_dir: pathlib.Path) -> str:
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
-        "| face PSNR | source face PSNR | flow roughness (px) | landmark error px (S) | neutralized: pass (unedited) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| face PSNR | source face PSNR | flow roughness (px) | landmark error px (S) | self flow px "
+        "| neutralized: pass (unedited) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
@@ -271,6 +282,8 @@ def summary(run_dir: pathlib.Path) -> str:
             region += f", high-pass {r['reconstruction_highpass']:g} px"
         if r.get("landmark_weight"):
             region += f", landmarks x{r['landmark_weight']:g}"
+        if r.get("self_pairs"):
+            region += f", {r['self_pairs']:.0%} self-pairs"
         neutralized = ""
         if (path.parent / "probe_neutralize.json").exists():
             n = json.loads((path.parent / "probe_neutralize.json").read_text())
@@ -285,7 +298,9 @@ def summary(run_dir: pathlib.Path) -> str:
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
             f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
             f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} | "
-            f"{landmarks} | {neutralized} |"
+            f"{landmarks} | {r['self_flow_px']:.2f} | {neutralized} |"
+            if "self_flow_px" in r
+            else f"{landmarks} |  | {neutralized} |"
         )
     return "\n".join(lines) + "\n"
 

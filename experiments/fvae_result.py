@@ -43,6 +43,7 @@ flags.DEFINE_float(
     "max_pose_distance", float("inf"), "Training pairs alike in pose (--fvae_max_pose_distance, px at 128 x 128)."
 )
 flags.DEFINE_float("landmark_weight", 0.0, "Weight of the landmark term (--fvae_landmark_weight; 0: off).")
+flags.DEFINE_float("self_pairs", 0.0, "Fraction of training pairs that are a photo with itself (--fvae_self_pairs).")
 flags.DEFINE_integer("pairs_per_person", 4, "Test pairs per test person with two photos or more.")
 
 MODELS = {"flow": "flow VAE", "rgb": "VAE (pixels, the paper's baseline)"}
@@ -101,6 +102,7 @@ def train_config(run_dir: pathlib.Path, name: str):
         fvae_max_pose_distance=FLAGS.max_pose_distance,
         fvae_reconstruction_highpass=FLAGS.reconstruction_highpass,
         fvae_landmark_weight=FLAGS.landmark_weight,
+        fvae_self_pairs=FLAGS.self_pairs,
         # float32 everywhere: precision "auto" picks mixed_bfloat16 on AMX CPUs, where the flow's
         # coherence term would sum 16,384 small squared differences in bfloat16; not measured.
         precision="float32",

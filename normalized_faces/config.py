@@ -152,6 +152,11 @@ class TrainerConfig:
         "fvae: > 0: weight of a landmark term, |t + F(t) - s|^2 summed over the 68 landmarks in px at 128 x 128: the "
         "flow must carry T's landmarks onto S's, geometry an LFW pair's L2 confounds with lighting (0: off, the paper).",
     )
+    fvae_self_pairs: float = option(
+        0.0,
+        "fvae: the fraction of training pairs that are a photo with itself (its L2 over the whole image): they teach "
+        "g(S, Z(S)) = S, the identity flow Algorithm 1's edits start from (0: none, the paper).",
+    )
     fvae_mask_beta: float = option(0.1, "fvae: beta of the confidence mask's target exp(-|T - g|^2 / beta).")
     fvae_mask_steps: int = option(
         1000, "fvae: the run's last steps train only the confidence mask (the paper trains it after the flow VAE)."

@@ -375,7 +375,11 @@ def _datasets(config: TrainConfig, model, image_size: int, step: int):
             "with_landmarks": trainer.fvae_landmark_weight > 0,
         }
         train_data = fvae_data.pair_dataset(
-            fvae_data.load_photos(trainer.data_dir, "train"), trainer.batch_size, seed=trainer.seed + step, **pairs
+            fvae_data.load_photos(trainer.data_dir, "train"),
+            trainer.batch_size,
+            seed=trainer.seed + step,
+            self_pairs=trainer.fvae_self_pairs,  # training only: validation scores pairs of two photos
+            **pairs,
         )
         try:
             photos = fvae_data.load_photos(trainer.data_dir, "validation")

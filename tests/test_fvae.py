@@ -3,6 +3,8 @@ inputs, Algorithm 1's steps, the blending weights, and the model's two training 
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -291,6 +293,16 @@ def test_face_region_weights_the_reconstruction():
         assert len(columns) == expected.sum()
         assert columns.tolist() in (np.flatnonzero(expected).tolist(), np.flatnonzero(expected[::-1]).tolist())
     assert "target_weight" not in next(iter(fvae_data.pair_dataset(photos, 2, seed=1)))
+
+    # Self-pairs: S is T itself (not colour-transferred), counted over the whole image.
+    batch = next(iter(fvae_data.pair_dataset(photos, 16, seed=1, region="face", self_pairs=1.0)))
+    np.testing.assert_array_equal(batch["source"].numpy(), batch["target"].numpy())
+    assert float(np.min(batch["target_weight"])) == 1.0
+    textured = np.random.default_rng(0).integers(0, 256, [2, 16, 16, 3], dtype=np.uint8)  # colour transfer changes it
+    photos = dataclasses.replace(photos, images=textured)
+    mixed = next(iter(fvae_data.pair_dataset(photos, 64, seed=1, self_pairs=0.25)))
+    same = np.all(mixed["source"].numpy() == mixed["target"].numpy(), axis=(1, 2, 3))
+    assert 5 <= same.sum() <= 30  # 16 expected of 64
 
 
 def test_landmark_loss_by_hand_and_its_landmarks_flip_with_the_photos():

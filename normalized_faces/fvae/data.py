@@ -112,13 +112,17 @@ def pair_dataset(
     region: str = "image",
     max_pose_distance: float = float("inf"),
     with_landmarks: bool = False,
+    self_pairs: float = 0.0,
 ) -> tf.data.Dataset:
     """Endless batches {"source", "target"} [B, S, S, 3] in [-1, 1]: a random person (among those
     with a pair of photos within max_pose_distance, see person_pairs), one of their pairs in random
     order, S colour-transferred to T, both flipped together with probability 1/2 (augment=False: no
     flip). region="face" adds "target_weight" [B, S, S, 1], T's face_region, where the reconstruction
     error counts. with_landmarks adds "source_landmarks" and "target_landmarks" [B, 68, 2] (x, y)
-    pixels, flipped with their photos (for losses.landmark_loss). Deterministic for a seed."""
+    pixels, flipped with their photos (for losses.landmark_loss). self_pairs: the fraction of
+    examples whose S is T itself (not colour-transferred; its weight 1 everywhere, since nothing
+    differs but the flow): they teach g(T, Z(T)) = T, where Algorithm 1's edits start. Deterministic
+    for a seed."""
     if region not in ("image", "face"):
         raise ValueError(f"region must be image or face, got {region!r}")
     people = person_pairs(photos, max_pose_distance)
@@ -137,8 +141,15 @@ def pair_dataset(
             s, t = person_pairs_[rng.integers(len(person_pairs_))]
             if rng.random() < 0.5:
                 s, t = t, s
-            source, target = colour_transfer(photos.images[s], photos.images[t]), photos.images[t]
-            images = [source, target] + ([face_region(photos.landmarks[t], size)] if with_weight else [])
+            itself = self_pairs > 0 and rng.random() < self_pairs  # (no draw without: old seeds keep their pairs)
+            if itself:
+                s = t
+                source, weight = photos.images[t], np.ones([size, size, 1], np.float32)
+            else:
+                source, weight = colour_transfer(photos.images[s], photos.images[t]), None
+            if with_weight and weight is None:
+                weight = face_region(photos.landmarks[t], size)
+            images = [source, photos.images[t]] + ([weight] if with_weight else [])
             points = [photos.landmarks[s], photos.landmarks[t]] if with_landmarks else []
             if augment and rng.random() < 0.5:
                 images = [array[:, ::-1] for array in images]
