@@ -39,20 +39,6 @@ def probe_config(run_dir: pathlib.Path):
     )
 
 
-def landmark_error(flows, photos, pairs) -> np.ndarray:
-    """Per pair, the mean over the 68 landmarks of |t + F(t) - s| in pixels: flows [N, S, S, 2]
-    (normalized), pairs (s, t) indices into photos."""
-    from normalized_faces import warp
-
-    size = flows.shape[1]
-    sources = np.stack([photos.landmarks[s] for s, _ in pairs])
-    targets = np.stack([photos.landmarks[t] for _, t in pairs])
-    at_target = warp.bilinear_sample(
-        np.asarray(flows, np.float32), targets[..., 0].astype(np.float32), targets[..., 1].astype(np.float32)
-    ).numpy() * ((size - 1) / 2.0)
-    return np.linalg.norm(targets + at_target - sources, axis=-1).mean(axis=-1)
-
-
 def flow_roughness(flows) -> np.ndarray:
     """Mean distance in pixels between the flows of horizontally and vertically neighbouring pixels,
     per example: flows [N, H, W, 2] in normalized coordinates (1 = half the side)."""
@@ -131,8 +117,8 @@ def evaluate_probe(run_dir: pathlib.Path):
         "flow_roughness_px": float(roughness.mean()),
         # Where the output shows T's landmarks, how far from S's landmarks it samples: the flow's
         # geometry, whatever the lighting (the identity flow: |t - s|).
-        "landmark_error_px": float(landmark_error(flows, photos, pairs).mean()),
-        "source_landmark_error_px": float(landmark_error(np.zeros_like(flows), photos, pairs).mean()),
+        "landmark_error_px": float(fvae_result.landmark_error(flows, photos, pairs).mean()),
+        "source_landmark_error_px": float(fvae_result.landmark_error(np.zeros_like(flows), photos, pairs).mean()),
         "self_flow_px": float(np.linalg.norm(self_flows, axis=-1).mean() * (targets.shape[1] - 1) / 2.0),
     }
     picks = np.linspace(0, len(pairs) - 1, 6).astype(int)
@@ -294,13 +280,12 @@ def summary(run_dir: pathlib.Path) -> str:
         landmarks = ""
         if "landmark_error_px" in r:
             landmarks = f"{r['landmark_error_px']:.2f} ({r['source_landmark_error_px']:.2f})"
+        self_flow = f"{r['self_flow_px']:.2f}" if "self_flow_px" in r else ""
         lines.append(
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
             f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
             f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} | "
-            f"{landmarks} | {r['self_flow_px']:.2f} | {neutralized} |"
-            if "self_flow_px" in r
-            else f"{landmarks} |  | {neutralized} |"
+            f"{landmarks} | {self_flow} | {neutralized} |"
         )
     return "\n".join(lines) + "\n"
 
