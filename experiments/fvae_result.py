@@ -153,33 +153,33 @@ def psnr(a, b, weight=None) -> np.ndarray:
 
 
 def landmark_error(flows, photos, pairs) -> np.ndarray:
-    """Per pair, the mean over the 68 landmarks of |t + F(t) - s| in pixels: flows [N, S, S, 2]
-    (normalized), pairs (s, t) indices into photos."""
-    from normalized_faces import warp
+    """Per pair, the mean over the 68 landmarks of |t + F(t) - s| in pixels (losses.landmark_misses):
+    flows [N, S, S, 2] (normalized), pairs (s, t) indices into photos."""
+    from normalized_faces.fvae import losses
 
-    size = flows.shape[1]
     sources = np.stack([photos.landmarks[s] for s, _ in pairs])
     targets = np.stack([photos.landmarks[t] for _, t in pairs])
-    at_target = warp.bilinear_sample(
-        np.asarray(flows, np.float32), targets[..., 0].astype(np.float32), targets[..., 1].astype(np.float32)
-    ).numpy() * ((size - 1) / 2.0)
-    return np.linalg.norm(targets + at_target - sources, axis=-1).mean(axis=-1)
+    misses = losses.landmark_misses(np.asarray(flows, np.float32), sources, targets).numpy()
+    return np.linalg.norm(misses, axis=-1).mean(axis=-1)
 
 
-def predictions(models: dict, sources, targets, mean_flow) -> dict:
-    """Each model's g(S, Z(T)) and the mean flow applied to S: name -> [N, 128, 128, 3] in [-1, 1]."""
+def predictions(models: dict, sources, targets, mean_flow) -> tuple:
+    """(outputs, flows): each model's g(S, Z(T)) and the mean flow applied to S, name -> [N, 128, 128, 3]
+    in [-1, 1]; and the flow model's flows [N, 128, 128, 2]."""
     import tensorflow as tf
 
     from normalized_faces.fvae.model import apply_flow
 
-    out = {name: [] for name in list(models) + ["mean flow"]}
+    out, flows = {name: [] for name in list(models) + ["mean flow"]}, []
     for start in range(0, len(sources), 32):
         s, t = sources[start : start + 32], targets[start : start + 32]
         for name, model in models.items():
-            out[name].append(model({"source": s, "target": t})["output"].numpy())
-        flows = tf.repeat(mean_flow[None], len(s), axis=0)
-        out["mean flow"].append(apply_flow(tf.constant(s), flows).numpy())
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+            predicted = model({"source": s, "target": t})
+            out[name].append(predicted["output"].numpy())
+            if "flow" in predicted:
+                flows.append(predicted["flow"].numpy())
+        out["mean flow"].append(apply_flow(tf.constant(s), tf.repeat(mean_flow[None], len(s), axis=0)).numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}, np.concatenate(flows)
 
 
 def mean_training_flow(model, data_dir, batches: int = 20):
@@ -209,14 +209,8 @@ def evaluate(run_dir: pathlib.Path):
     sources, targets = (np.asarray(fvae_data.to_model_range(x)) for x in (sources, targets))
     mean_flow = mean_training_flow(models["flow"], run_dir / "photo_data")
     np.save(run_dir / "mean_flow.npy", mean_flow)
-    outputs = predictions(models, sources, targets, mean_flow)
+    outputs, flows = predictions(models, sources, targets, mean_flow)
     outputs["identity (S itself)"] = sources
-    flows = np.concatenate(
-        [
-            models["flow"]({"source": sources[i : i + 32], "target": targets[i : i + 32]})["flow"].numpy()
-            for i in range(0, len(pairs), 32)
-        ]
-    )
     # How far from S's landmarks each output samples where T shows its landmarks (px at 128).
     landmark_errors = {
         "flow": landmark_error(flows, photos, pairs),
@@ -277,7 +271,7 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
     chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, count).astype(int)]
     sources, targets = transferred_pairs(photos, chosen)
     mean_flow = np.load(run_dir / "mean_flow.npy")
-    outputs = predictions(
+    outputs, _ = predictions(
         models, *(np.asarray(fvae_data.to_model_range(x)) for x in (sources, targets)), mean_flow=mean_flow
     )
     rows = [

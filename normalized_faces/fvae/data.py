@@ -144,12 +144,12 @@ def pair_dataset(
             itself = self_pairs > 0 and rng.random() < self_pairs  # (no draw without: old seeds keep their pairs)
             if itself:
                 s = t
-                source, weight = photos.images[t], np.ones([size, size, 1], np.float32)
-            else:
-                source, weight = colour_transfer(photos.images[s], photos.images[t]), None
-            if with_weight and weight is None:
-                weight = face_region(photos.landmarks[t], size)
-            images = [source, photos.images[t]] + ([weight] if with_weight else [])
+            source = photos.images[t] if itself else colour_transfer(photos.images[s], photos.images[t])
+            images = [source, photos.images[t]]
+            if with_weight:
+                images.append(
+                    np.ones([size, size, 1], np.float32) if itself else face_region(photos.landmarks[t], size)
+                )
             points = [photos.landmarks[s], photos.landmarks[t]] if with_landmarks else []
             if augment and rng.random() < 0.5:
                 images = [array[:, ::-1] for array in images]

@@ -79,21 +79,32 @@ def coherence_loss(flow, target, alpha, window: int = COHERENCE_WINDOW):
     return tf.reduce_mean(2.0 * total)
 
 
-def landmark_loss(flow, source_landmarks, target_landmarks):
-    """How far the flow is from carrying T's landmarks onto S's: sum over the 68 landmarks of
-    |t + F(t) - s|^2 in pixels, F bilinearly sampled at t and converted from normalized coordinates,
-    per example, batch mean. flow [B, H, W, 2]; landmarks [B, 68, 2] (x, y) pixels of the same H x W.
+def flow_pixel_scale(height, width, dtype=tf.float32):
+    """Pixels per unit of a normalized-coordinate flow, (x, y) [2]: half the side less half a pixel,
+    so a flow of 1 moves the centre of the first pixel to the centre of the middle."""
+    size = tf.cast(tf.stack([width, height]), dtype)
+    return (size - 1.0) / 2.0
+
+
+def landmark_misses(flow, source_landmarks, target_landmarks):
+    """t + F(t) - s per landmark, in pixels: [B, 68, 2]. flow [B, H, W, 2] (normalized), F bilinearly
+    sampled at t; landmarks [B, 68, 2] (x, y) pixels of the same H x W.
 
     g(S, Z) samples S at p + F(p) (model.apply_flow), so where T shows landmark k the output shows
-    S's pixel at t_k + F(t_k), which should be S's landmark k. Landmarks do not change with the
-    lighting, so this term pays for the geometry that an LFW pair's L2 confounds with shading (not
-    in the paper, whose MULTI-PIE pairs share a session)."""
-    size = tf.cast(tf.shape(flow)[1:3], flow.dtype)
-    scale = tf.stack([(size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0])
+    S's pixel at t_k + F(t_k), which should be S's landmark k."""
+    shape = tf.shape(flow)
     target_landmarks = tf.cast(target_landmarks, flow.dtype)
-    at_target = warp.bilinear_sample(flow, target_landmarks[..., 0], target_landmarks[..., 1]) * scale
-    miss = target_landmarks + at_target - tf.cast(source_landmarks, flow.dtype)
-    return tf.reduce_mean(tf.reduce_sum(tf.square(miss), axis=[1, 2]))
+    at_target = warp.bilinear_sample(flow, target_landmarks[..., 0], target_landmarks[..., 1])
+    at_target *= flow_pixel_scale(shape[1], shape[2], flow.dtype)
+    return target_landmarks + at_target - tf.cast(source_landmarks, flow.dtype)
+
+
+def landmark_loss(flow, source_landmarks, target_landmarks):
+    """How far the flow is from carrying T's landmarks onto S's: sum over the 68 landmarks of
+    |t + F(t) - s|^2 in pixels (landmark_misses), per example, batch mean. Landmarks do not change
+    with the lighting, so this term pays for the geometry that an LFW pair's L2 confounds with
+    shading (not in the paper, whose MULTI-PIE pairs share a session)."""
+    return tf.reduce_mean(tf.reduce_sum(tf.square(landmark_misses(flow, source_landmarks, target_landmarks)), [1, 2]))
 
 
 def mask_target(target, output, beta):

@@ -121,9 +121,8 @@ class FlowDecoder(keras.layers.Layer):
 def apply_flow(source, flow):
     """source [B, H, W, C] sampled at (pixel + flow * (side - 1) / 2): flow [B, H, W, 2] (x, y) in
     normalized coordinates. The project's sampler (warp.dense_image_warp samples at pixel - its flow)."""
-    size = tf.cast(tf.shape(source)[1:3], flow.dtype)
-    scale = tf.stack([(size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0])
-    return warp.dense_image_warp(source, -flow * scale)
+    shape = tf.shape(source)
+    return warp.dense_image_warp(source, -flow * losses.flow_pixel_scale(shape[1], shape[2], flow.dtype))
 
 
 def upsample_flow(flow, height: int, width: int):
