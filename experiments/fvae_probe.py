@@ -2,7 +2,7 @@
 
     python -m experiments.fvae_probe --run_dir=runs/fvae --probe=coherence_1 --coherence_weight=1 \
         [--coherence_alpha=10] [--reconstruction_region=face] [--max_pose_distance=3] [--landmark_weight=1] \
-        [--fvae_train_steps=300]
+        [--fvae_train_steps=300] [--edit_directions=paired] [--noedit_relative] [--edit_strength=1]
 
 Trains the flow model alone (no mask phase), with fvae_result's settings and flags (the loss
 weights, --reconstruction_region, --max_pose_distance), on RUN/photo_data (fvae_result's data prep, run first
@@ -11,9 +11,11 @@ g(S, Z(T)) against T and the flow's roughness, the mean distance in pixels betwe
 pixels' flows (a torn flow is rough; the paper's flows are smooth), how far from S's landmarks the
 output samples where T shows its landmarks (the flow's geometry, whatever the lighting), and writes a grid of
 source | output | flow | target, and a grid of validation photos edited towards each expression
-(Algorithm 1); and what --neutralize_with would make of it: the share of validation photos failing
-data prep's smile or open-mouth filter that pass both once edited towards neutral (landmarks found
-again by dlib). RUN/probes/summary.md lists every probe so far.
+(Algorithm 1); and whether those edits do what they are asked, with dlib finding the landmarks
+again (edit_measure: towards neutral, what --neutralize_with would make of the photos data prep
+drops; towards smile and open mouth from neutral photos; the head kept in place or not). The edits
+follow --edit_directions and --edit_relative (rerun with others to add a variant: training is not
+repeated). RUN/probes/summary.md lists every probe and editing variant so far.
 """
 
 from __future__ import annotations
@@ -133,25 +135,26 @@ def evaluate_probe(run_dir: pathlib.Path):
 
 @lfw_result.stage("probe: edits of validation photos")
 def edit_probe(run_dir: pathlib.Path, per_label: int = 2):
-    """RUN/probes/<probe>/probe_edits.png: validation photos (per_label of each expression) edited
-    by Algorithm 1 at full strength towards every label, the mean latents from training photos."""
+    """RUN/probes/<probe>/probe_edits_<variant>.png: validation photos (per_label of each expression)
+    edited by Algorithm 1 at full strength towards every label (the steps from training photos, as
+    --edit_directions and --edit_relative say)."""
     from PIL import Image
 
     from normalized_faces import inference, visualize
     from normalized_faces.fvae import data as fvae_data
-    from normalized_faces.fvae.editing import EDIT_TARGETS, ExpressionEditor, mean_latents_for_run
+    from normalized_faces.fvae.editing import EDIT_TARGETS
 
     probe_dir = run_dir / "probes" / FLAGS.probe
-    path = probe_dir / "probe_edits.png"
+    path = probe_dir / f"probe_edits_{fvae_result.editing_variant()}.png"
     if path.exists():
         return path, False
-    model = inference.restore_training_model(probe_dir)
-    editor = ExpressionEditor(model, mean_latents_for_run(probe_dir, model))
+    editor = fvae_result.editor_for(probe_dir, inference.restore_training_model(probe_dir))
     photos = fvae_data.load_photos(run_dir / "photo_data", "validation")
     picks = np.concatenate([np.flatnonzero(photos.labels == label)[:per_label] for label in EDIT_TARGETS])
     rows = [[photos.images[i]] for i in picks]
     for label in EDIT_TARGETS:
-        faces = editor.edit(photos.images[picks], photos.landmarks[picks], label)["faces"][-1]
+        faces = editor.edit(photos.images[picks], photos.landmarks[picks], label, strength=FLAGS.edit_strength)
+        faces = faces["faces"][-1]
         for row, face in zip(rows, faces):
             row.append(face)
     titles = ["photo"] + [f"to {label}" for label in EDIT_TARGETS]  # rows: per_label photos of each, in that order
@@ -171,68 +174,108 @@ def expression_passes(points) -> bool:
     )
 
 
-@lfw_result.stage("probe: validation photos neutralized")
-def neutralize_probe(run_dir: pathlib.Path, batch_size: int = 16):
-    """What --neutralize_with would do with this model, measured: every validation photo that fails
-    data prep's smile or open-mouth filter is edited towards neutral (Algorithm 1, full strength, on
-    its 224 px crop), dlib finds its landmarks again, and the share that now passes both filters is
-    counted, next to the same photos unedited with landmarks found the same way (what detection
-    noise alone passes), and how many of those kept the head where it was (data prep's
-    --neutralize_max_head_shift, with the head shifts found edited and unedited as percentiles).
-    RUN/probes/<probe>/probe_neutralize.json."""
+def reaches(points, to: str) -> bool:
+    """Whether a face with these landmarks shows the expression an edit `to` was asked for: towards
+    neutral, passing data prep's filters (what --neutralize_with needs); else that label."""
+    from normalized_faces import expressions
+
+    return expression_passes(points) if to == "neutral" else expressions.label(points) == to
+
+
+@lfw_result.stage("probe: validation photos edited, landmarks found again")
+def edit_measure(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
+    """Whether the edits do what they are asked, measured with dlib: validation photos are edited
+    (Algorithm 1, full strength, on their 224 px crops) towards each label, dlib finds their landmarks
+    again, and we count those that now show it (towards neutral: pass data prep's smile and open-mouth
+    filters, what --neutralize_with needs; towards smile or open mouth: that label), next to the same
+    photos unedited with landmarks found the same way (what detection noise alone gives), and how
+    many of those kept the head where it was (data prep's --neutralize_max_head_shift; head shifts as
+    percentiles). The photos: towards neutral, every one failing data prep's filters; towards smile
+    or open mouth, the neutral ones (at most `most` of each).
+    RUN/probes/<probe>/probe_edit_measure_<variant>.json, one entry per target."""
     import tensorflow as tf
 
     from data_prep import stages
-    from normalized_faces import data, detection, inference
-    from normalized_faces.fvae.editing import ExpressionEditor, mean_latents_for_run
+    from normalized_faces import data, detection, expressions, inference
+    from normalized_faces.fvae.editing import EDIT_TARGETS
     from normalized_faces.landmarks import pose_distance
 
     probe_dir = run_dir / "probes" / FLAGS.probe
-    path = probe_dir / "probe_neutralize.json"
+    path = probe_dir / f"probe_edit_measure_{fvae_result.editing_variant()}.json"
     if path.exists():
         return json.loads(path.read_text()), False
-    model = inference.restore_training_model(probe_dir)
-    editor = ExpressionEditor(model, mean_latents_for_run(probe_dir, model))
+    editor = fvae_result.editor_for(probe_dir, inference.restore_training_model(probe_dir))
     records = [
         data.decode_record(r.numpy())
         for r in tf.data.TFRecordDataset(data.record_files(run_dir / "photo_data", "validation"))
     ]
-    expressive = [r for r in records if not expression_passes(r.landmarks)]
     detector = detection.FaceDetector("hog")
-    counts = {"photos": len(expressive), "edited_pass": 0, "unedited_pass": 0, "edited_no_face": 0}
-    counts["edited_pass_head_kept"] = 0
     max_shift = stages.PrepConfig().neutralize_max_head_shift
-    shifts = {"edited": [], "unedited": []}
-    for start in range(0, len(expressive), batch_size):
-        chunk = expressive[start : start + batch_size]
-        faces = np.stack([r.image for r in chunk])
-        edited = editor.edit(faces, np.stack([r.landmarks for r in chunk]), "neutral")["faces"][-1]
-        for record, before, after in zip(chunk, faces, edited):
-            found_before, found_after = detector(before), detector(after)
-            counts["unedited_pass"] += bool(found_before) and expression_passes(found_before[0].landmarks)
-            counts["edited_no_face"] += not found_after
-            # How far the head-bound landmarks found again lie from the record's (data prep's guard):
-            # unedited, dlib's noise alone; edited, that and what the edit moved.
-            for kind, found in (("unedited", found_before), ("edited", found_after)):
-                if found:
-                    shifts[kind].append(pose_distance(np.asarray(record.landmarks), np.asarray(found[0].landmarks)))
-            if found_after and expression_passes(found_after[0].landmarks):
-                counts["edited_pass"] += 1
-                counts["edited_pass_head_kept"] += shifts["edited"][-1] <= max_shift
-    report = {
-        **counts,
-        "edited_pass_share": counts["edited_pass"] / max(counts["photos"], 1),
-        "unedited_pass_share": counts["unedited_pass"] / max(counts["photos"], 1),
-        "max_head_shift_px": max_shift,
-        **{
-            f"{kind}_head_shift_px": {q: float(np.percentile(v, int(q[1:]))) for q in ("p50", "p90", "p95", "p99")}
-            for kind, v in shifts.items()
-            if v
-        },
-        "head_shifts_px": shifts,  # every photo's, to count at another threshold
-    }
+    report = {"max_head_shift_px": max_shift}
+    for to in EDIT_TARGETS:
+        if to == "neutral":
+            chosen = [r for r in records if not expression_passes(r.landmarks)]
+        else:
+            chosen = [r for r in records if expressions.label(r.landmarks) == "neutral"]
+        chosen = chosen[:most]
+        counts = {"photos": len(chosen), "edited_reached": 0, "unedited_reached": 0, "edited_no_face": 0}
+        counts["edited_reached_head_kept"] = 0
+        shifts = {"edited": [], "unedited": []}
+        for start in range(0, len(chosen), batch_size):
+            chunk = chosen[start : start + batch_size]
+            faces = np.stack([r.image for r in chunk])
+            points = np.stack([r.landmarks for r in chunk])
+            edited = editor.edit(faces, points, to, strength=FLAGS.edit_strength)["faces"][-1]
+            for record, before, after in zip(chunk, faces, edited):
+                found_before, found_after = detector(before), detector(after)
+                counts["unedited_reached"] += bool(found_before) and reaches(found_before[0].landmarks, to)
+                counts["edited_no_face"] += not found_after
+                # How far the head-bound landmarks found again lie from the record's (data prep's guard):
+                # unedited, dlib's noise alone; edited, that and what the edit moved.
+                for kind, found in (("unedited", found_before), ("edited", found_after)):
+                    if found:
+                        shifts[kind].append(pose_distance(np.asarray(record.landmarks), np.asarray(found[0].landmarks)))
+                if found_after and reaches(found_after[0].landmarks, to):
+                    counts["edited_reached"] += 1
+                    counts["edited_reached_head_kept"] += shifts["edited"][-1] <= max_shift
+        report[to] = {
+            **counts,
+            **{
+                f"{kind}_head_shift_px": {q: float(np.percentile(v, int(q[1:]))) for q in ("p50", "p90", "p99")}
+                for kind, v in shifts.items()
+                if v
+            },
+            "head_shifts_px": shifts,  # every photo's, to count at another threshold
+        }
     path.write_text(json.dumps(report, indent=2))
     return report, True
+
+
+def edit_summary(run_dir: pathlib.Path) -> str:
+    """Every probe's edit measures so far, one row per editing variant."""
+    from normalized_faces.fvae.editing import EDIT_TARGETS
+
+    lines = [
+        "| probe | edit steps, flow | "
+        + " | ".join(f"to {to}: reached, head kept (unedited) / photos" for to in EDIT_TARGETS)
+        + " | head shift p50 edited (unedited) px |",
+        "|---|---|" + "---|" * len(EDIT_TARGETS) + "---|",
+    ]
+    for path in sorted((run_dir / "probes").glob("*/probe_edit_measure_*.json")):
+        r = json.loads(path.read_text())
+        variant = path.stem[len("probe_edit_measure_") :].replace("label_means", "label-means").replace("_", " ")
+        cells = []
+        for to in EDIT_TARGETS:
+            m = r[to]
+            cells.append(
+                f"{m['edited_reached']}, {m['edited_reached_head_kept']} ({m['unedited_reached']}) / {m['photos']}"
+            )
+        neutral = r["neutral"]
+        shift = ""
+        if "edited_head_shift_px" in neutral and "unedited_head_shift_px" in neutral:
+            shift = f"{neutral['edited_head_shift_px']['p50']:.1f} ({neutral['unedited_head_shift_px']['p50']:.1f})"
+        lines.append(f"| {path.parent.name} | {variant} | " + " | ".join(cells) + f" | {shift} |")
+    return "\n".join(lines) + "\n"
 
 
 def pair_statistics(run_dir: pathlib.Path) -> str:
@@ -257,9 +300,8 @@ def pair_statistics(run_dir: pathlib.Path) -> str:
 def summary(run_dir: pathlib.Path) -> str:
     lines = [
         "| probe | steps | lambda2 | alpha | lambda1 | region | max pose (px) | validation PSNR | source PSNR "
-        "| face PSNR | source face PSNR | flow roughness (px) | landmark error px (S) | self flow px "
-        "| neutralized: pass (unedited) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| face PSNR | source face PSNR | flow roughness (px) | landmark error px (S) | self flow px |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted((run_dir / "probes").glob("*/probe.json")):
         r = json.loads(path.read_text())
@@ -270,12 +312,6 @@ def summary(run_dir: pathlib.Path) -> str:
             region += f", landmarks x{r['landmark_weight']:g}"
         if r.get("self_pairs"):
             region += f", {r['self_pairs']:.0%} self-pairs"
-        neutralized = ""
-        if (path.parent / "probe_neutralize.json").exists():
-            n = json.loads((path.parent / "probe_neutralize.json").read_text())
-            neutralized = f"{n['edited_pass']} / {n['photos']} ({n['unedited_pass']})"
-            if "edited_pass_head_kept" in n:
-                neutralized += f"; head kept: {n['edited_pass_head_kept']}"
         face = "" if "face_psnr" not in r else f"{r['face_psnr']:.2f} | {r['source_face_psnr']:.2f}"
         landmarks = ""
         if "landmark_error_px" in r:
@@ -285,7 +321,7 @@ def summary(run_dir: pathlib.Path) -> str:
             f"| {r['probe']} | {r['steps']} | {r['coherence_weight']:g} | {r['coherence_alpha']:g} | "
             f"{r['kl_weight']:g} | {region} | {r.get('max_pose_distance', float('inf')):g} | "
             f"{r['psnr']:.2f} | {r['source_psnr']:.2f} | {face or ' | '} | {r['flow_roughness_px']:.3f} | "
-            f"{landmarks} | {self_flow} | {neutralized} |"
+            f"{landmarks} | {self_flow} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -297,8 +333,8 @@ def main(argv):
     lfw_result.make_training_stage(FLAGS.probe, f"probe {FLAGS.probe}", lambda r, _: probe_config(r))(run_dir)
     evaluate_probe(run_dir)
     edit_probe(run_dir)
-    neutralize_probe(run_dir)
-    text = summary(run_dir)
+    edit_measure(run_dir)
+    text = summary(run_dir) + "\n" + edit_summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
     print(pair_statistics(run_dir))
@@ -308,8 +344,9 @@ def main(argv):
         fvae_result.save_small_figure(
             probe_dir / "probe_grid.png", figures_dir / f"fvae_probe_{FLAGS.probe}.png", False
         )
-        edits = figures_dir / f"fvae_probe_{FLAGS.probe}_edits.png"
-        fvae_result.save_small_figure(probe_dir / "probe_edits.png", edits, False)
+        variant = fvae_result.editing_variant()
+        edits = figures_dir / f"fvae_probe_{FLAGS.probe}_edits_{variant}.png"
+        fvae_result.save_small_figure(probe_dir / f"probe_edits_{variant}.png", edits, False)
 
 
 if __name__ == "__main__":

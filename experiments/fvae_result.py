@@ -44,6 +44,13 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float("landmark_weight", 0.0, "Weight of the landmark term (--fvae_landmark_weight; 0: off).")
 flags.DEFINE_float("self_pairs", 0.0, "Fraction of training pairs that are a photo with itself (--fvae_self_pairs).")
+flags.DEFINE_enum(
+    "edit_directions", "paired", ["paired", "label_means"],
+    "Algorithm 1's latent steps (fvae.editing.expression_directions): pose-alike pairs of one person, or the "
+    "paper's label means.",
+)  # fmt: skip
+flags.DEFINE_bool("edit_relative", True, "Edit with g(S, Z_i) - g(S, Z(S)) (the default) or g(S, Z_i) (the paper's).")
+flags.DEFINE_float("edit_strength", 1.0, "Algorithm 1's step scaled by this (edit-expression's --strength).")
 flags.DEFINE_integer("pairs_per_person", 4, "Test pairs per test person with two photos or more.")
 
 MODELS = {"flow": "flow VAE", "rgb": "VAE (pixels, the paper's baseline)"}
@@ -254,6 +261,20 @@ def table(report: dict, steps: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def editor_for(model_dir: pathlib.Path, model):
+    """The run's ExpressionEditor, as --edit_directions and --edit_relative say."""
+    from normalized_faces.fvae.editing import ExpressionEditor, directions_for_run
+
+    directions = directions_for_run(model_dir, model, FLAGS.edit_directions)
+    return ExpressionEditor(model, directions, relative=FLAGS.edit_relative)
+
+
+def editing_variant() -> str:
+    """A name for --edit_directions, --edit_relative and --edit_strength, for files of results that depend on them."""
+    name = f"{FLAGS.edit_directions}_{'relative' if FLAGS.edit_relative else 'absolute'}"
+    return name + (f"_x{FLAGS.edit_strength:g}" if FLAGS.edit_strength != 1.0 else "")
+
+
 def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
     """Fig. 4 (source | flow VAE | VAE | mean flow | target), Fig. 7 (flow vs pixel upsampling) and
     edits of test photos towards neutral and smile; returns their paths."""
@@ -263,7 +284,7 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
 
     from normalized_faces import data, inference, visualize
     from normalized_faces.fvae import data as fvae_data
-    from normalized_faces.fvae.editing import ExpressionEditor, apply_normalized_flow, mean_latents_for_run
+    from normalized_faces.fvae.editing import apply_normalized_flow
 
     models = {name: inference.restore_training_model(run_dir / name) for name in MODELS}
     photos = fvae_data.load_photos(run_dir / "test_photo_data", "train")
@@ -313,18 +334,18 @@ def figures(run_dir: pathlib.Path, report: dict, count: int = 6) -> list:
     ).save(paths[-1])
 
     # Algorithm 1 on test photos: towards neutral and towards smile, 3 steps each.
-    editor = ExpressionEditor(models["flow"], mean_latents_for_run(run_dir / "flow", models["flow"]))
+    editor = editor_for(run_dir / "flow", models["flow"])
     picks = [i for i in np.linspace(0, len(records) - 1, 4).astype(int)]
     faces = np.stack([records[i].image for i in picks])
     points = np.stack([records[i].landmarks for i in picks])
     rows = [[faces[i]] for i in range(len(picks))]
     titles = ["photo"]
     for to in ("neutral", "smile"):
-        result = editor.edit(faces, points, to, steps=3)
+        result = editor.edit(faces, points, to, steps=3, strength=FLAGS.edit_strength)
         for i in range(len(picks)):
             rows[i] += list(result["faces"][:, i])
         titles += [f"{to} 1/3", f"{to} 2/3", f"{to} 3/3"]
-    paths.append(run_dir / "fvae_edits.png")
+    paths.append(run_dir / f"fvae_edits_{editing_variant()}.png")
     Image.fromarray(visualize.image_grid(rows, column_titles=titles)).save(paths[-1])
     return paths
 

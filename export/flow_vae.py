@@ -5,13 +5,14 @@ Called by export.saved_model.export for such runs; writes EXPORTS/N/ with
     serving_default (edit)  images [B, S, S, 3] float32 in [0, 1], aligned face crops of any side S;
                             source_label, target_label [B] int32, indices into
                             normalized_faces.expressions.LABELS (the photo's own label from its
-                            landmarks, expressions.label; "other" uses the mean of the labels'
-                            means); strength [B] float32 (1: the paper's edit)
+                            landmarks, expressions.label); strength [B] float32 (1: the full
+                            step, editing.expression_directions, of the kind editing defaults to;
+                            the flow relative to the unedited photo's, as editing.ExpressionEditor)
                             -> edited [B, S, S, 3] float32 in [0, 1] (the flow applied at S),
                                flow [B, 128, 128, 2] (x, y) normalized, mask [B, 128, 128, 1]
     encode                  images -> latent [B, 4, 4, D]
     decode                  images, latent -> output [B, 128, 128, 3] in [0, 1], flow, mask
-  assets.extra/normalized_faces.json  method, labels, the mean latents' source checkpoint
+  assets.extra/normalized_faces.json  method, labels, the directions' kind and pairs, the source checkpoint
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ from normalized_faces.fvae import model as fvae
 
 
 class EditingModule(tf.Module):
-    def __init__(self, model, mean_latents: dict):
+    def __init__(self, model, directions: dict, relative: bool = True):
         super().__init__()
         self.model = model
-        overall = np.mean([mean_latents[label] for label in editing.EDIT_TARGETS], axis=0)
-        # One row per expressions.LABELS entry; "other" (and any label without photos) -> the overall mean.
-        table = np.stack(
-            [mean_latents.get(label, overall) if label != "other" else overall for label in expressions.LABELS]
-        )
-        self.latent_table = tf.constant(table.astype(np.float32))
+        self.relative = relative
+        # [source label, target label, h, w, D] in expressions.LABELS order.
+        self.direction_table = tf.constant(directions["directions"].astype(np.float32))
 
     @tf.function(
         input_signature=[
@@ -49,13 +47,14 @@ class EditingModule(tf.Module):
     def edit(self, images, source_label, target_label, strength):
         small = editing.to_model_input(images * 255.0)
         latent = self.model.encode(small)[0]
-        source = tf.gather(self.latent_table, source_label)
-        target = tf.gather(self.latent_table, target_label)
-        edited_latent = latent + strength[:, None, None, None] * (target - source)
-        out = self.model.decode(small, edited_latent)
+        direction = tf.gather_nd(self.direction_table, tf.stack([source_label, target_label], axis=-1))
+        out = self.model.decode(small, fvae.edit_latents(latent, strength[:, None, None, None] * direction, 1)[0])
+        flow = out["flow"]
+        if self.relative:
+            flow -= self.model.decode(small, latent, with_mask=False)["flow"]
         size = tf.shape(images)[1:3]
-        moved = fvae.apply_flow(images, tf.image.resize(out["flow"], size, method="bilinear"))
-        return {"edited": tf.clip_by_value(moved, 0.0, 1.0), "flow": out["flow"], "mask": out["mask"]}
+        moved = fvae.apply_flow(images, tf.image.resize(flow, size, method="bilinear"))
+        return {"edited": tf.clip_by_value(moved, 0.0, 1.0), "flow": flow, "mask": out["mask"]}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     def encode(self, images):
@@ -77,8 +76,8 @@ class EditingModule(tf.Module):
 
 def export_flow_vae(model, model_dir: pathlib.Path, staging: pathlib.Path) -> None:
     """Writes the SavedModel and its metadata into `staging` (export.saved_model makes it atomic)."""
-    mean_latents = editing.mean_latents_for_run(model_dir, model)
-    module = EditingModule(model, mean_latents)
+    directions = editing.directions_for_run(model_dir, model)
+    module = EditingModule(model, directions)
     with warp.portable_ops():  # TF ops only: TF Serving cannot load this package's fused kernels
         tf.saved_model.save(
             module,
@@ -90,7 +89,12 @@ def export_flow_vae(model, model_dir: pathlib.Path, staging: pathlib.Path) -> No
         "model_dir": str(pathlib.Path(model_dir).resolve()),
         "checkpoint": tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints")),
         "labels": list(expressions.LABELS),
-        "labels_with_photos": sorted(mean_latents),
+        "labels_with_photos": [
+            label for label, count in zip(expressions.LABELS, directions["label_photos"].tolist()) if count
+        ],
+        "directions": directions["kind"],
+        "direction_pairs": directions["pairs"].tolist(),  # [source, target]; 0: the label means' step
+        "relative_flow": module.relative,
         "image_size": fvae.IMAGE_SIZE,
     }
     (staging / "assets.extra").mkdir(parents=True, exist_ok=True)

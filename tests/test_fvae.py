@@ -68,11 +68,69 @@ def test_coherence_of_a_constant_flow_is_zero_and_one_odd_pixel_by_hand():
 
 def test_algorithm_1_takes_k_equal_steps_to_the_target_expression():
     latent = tf.random.normal([2, 4, 4, 8], seed=1)
-    source_mean, target_mean = tf.zeros([4, 4, 8]), tf.ones([4, 4, 8])
-    steps = fvae.edit_latents(latent, source_mean, target_mean, steps=4)
+    steps = fvae.edit_latents(latent, tf.ones([4, 4, 8]), steps=4)
     assert steps.shape == (4, 2, 4, 4, 8)
     for i in range(4):
         np.testing.assert_allclose(steps[i].numpy(), latent.numpy() + (i + 1) / 4, atol=1e-6)
+    per_photo = fvae.edit_latents(latent, tf.stack([tf.ones([4, 4, 8]), -tf.ones([4, 4, 8])]), steps=2)
+    np.testing.assert_allclose(per_photo[0].numpy(), latent.numpy() + [[[[0.5]]], [[[-0.5]]]], atol=1e-6)
+
+
+def _labelled_photos(labels, identities, head_shifts):
+    """A PhotoSet of blank photos with the template's landmarks (at 128 px), mouths and heads moved:
+    labels from expressions.label of those landmarks, heads shifted right by head_shifts px."""
+    from normalized_faces import expressions
+    from normalized_faces import landmarks as lm
+    from normalized_faces.fvae import data as fvae_data
+
+    template = lm.template_landmarks(128, lm.INTEROCULAR_DISTANCE * 128 / lm.ALIGNED_SIZE)
+    points = []
+    for label, shift in zip(labels, head_shifts):
+        face = template.copy()
+        width = face[54, 0] - face[48, 0]
+        if label == "smile":  # corners raised a third of the mouth's width
+            face[[48, 54], 1] -= width / 3
+        elif label == "open_mouth":  # lower inner lip dropped half the width
+            face[65:68, 1] += width / 2
+        face[:, 0] += shift
+        assert expressions.label(face) == label
+        points.append(face)
+    return fvae_data.PhotoSet(
+        np.zeros([len(labels), 128, 128, 3], np.uint8), np.array(identities), np.array(labels), np.stack(points)
+    )
+
+
+def test_expression_directions_label_means_and_pose_alike_pairs():
+    from normalized_faces import expressions
+    from normalized_faces.fvae import editing
+
+    labels = ["neutral", "smile", "smile", "neutral", "smile", "open_mouth"]
+    photos = _labelled_photos(labels, ["a", "a", "a", "b", "b", "b"], [0, 1, 9, 0, 0, 0])
+    latents = np.array([0.0, 10.0, 100.0, 2.0, 4.0, 7.0], np.float32)[:, None, None, None]  # [N, 1, 1, 1]
+    index = expressions.LABELS.index
+    means = editing.expression_directions(latents, photos, "label_means")
+    table = means["directions"][..., 0, 0, 0]
+    # The paper's: mean smile (10 + 100 + 4) / 3 - mean neutral (0 + 2) / 2.
+    assert table[index("neutral"), index("smile")] == pytest.approx(38.0 - 1.0)
+    assert table[index("smile"), index("neutral")] == pytest.approx(-37.0)
+    assert np.all(np.diag(table) == 0) and np.all(means["pairs"] == 0)
+    np.testing.assert_array_equal(means["label_photos"], [2, 3, 1, 0])
+    # "other" as a source: from the mean of the labels' means (1, 38, 7).
+    assert table[index("other"), index("open_mouth")] == pytest.approx(7.0 - 46.0 / 3)
+
+    paired = editing.expression_directions(latents, photos, "paired", max_pose_distance=2.0, min_pairs=1)
+    steps, pairs = paired["directions"][..., 0, 0, 0], paired["pairs"]
+    # a's smile 9 px away is left out: (10 - 0) from a, (4 - 2) from b.
+    assert pairs[index("neutral"), index("smile")] == 2
+    assert steps[index("neutral"), index("smile")] == pytest.approx((10.0 + 2.0) / 2)
+    assert steps[index("smile"), index("neutral")] == pytest.approx(-6.0)
+    assert steps[index("smile"), index("open_mouth")] == pytest.approx(7.0 - 4.0)
+    # Too few pairs: the label means' step instead, and no pairs counted for it.
+    few = editing.expression_directions(latents, photos, "paired", max_pose_distance=2.0, min_pairs=3)
+    assert few["pairs"][index("neutral"), index("smile")] == 0
+    assert few["directions"][index("neutral"), index("smile"), 0, 0, 0] == pytest.approx(37.0)
+    with pytest.raises(ValueError, match="directions must be one of"):
+        editing.expression_directions(latents, photos, "medians")
 
 
 def test_blend_weights_sum_to_one():
@@ -416,11 +474,12 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     assert command.run(str(model_dir), str(tmp_path / "refused"), photos, report=lines.append) == 2
     assert "cannot edit with it" in lines[0] and "smile" in lines[0]
 
-    means = dict(np.load(model_dir / editing.MEAN_LATENTS_FILE))
+    # The tiny run's photos are all neutral: give it steps towards the other labels to edit with.
+    table = dict(np.load(model_dir / editing.directions_file("paired")))
     rng = np.random.default_rng(0)
-    for label in ("smile", "open_mouth"):
-        means[label] = means["neutral"] + rng.normal(0, 0.5, means["neutral"].shape).astype(np.float32)
-    np.savez(model_dir / editing.MEAN_LATENTS_FILE, **means)
+    table["directions"] = rng.normal(0, 0.5, table["directions"].shape).astype(np.float32)
+    table["label_photos"] = np.maximum(table["label_photos"], 1)
+    np.savez(model_dir / editing.directions_file("paired"), **table)
     out, lines = tmp_path / "edited", []
     code = command.run(
         str(model_dir), str(out), photos + [str(tmp_path / "missing.jpg")], to="smile", steps=2, report=lines.append
@@ -442,7 +501,12 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     exported = saved_model.export(model_dir, tmp_path / "export", version=1)
     found, _ = collect_faces([(photos[0], None)], report=lambda line: None)
     face, points = found[0].aligned.image, found[0].aligned.landmarks
-    expected = editing.ExpressionEditor.from_run(model_dir).edit(face[None], points[None], "smile")["faces"][-1, 0]
+    editor = editing.ExpressionEditor.from_run(model_dir)
+    expected = editor.edit(face[None], points[None], "smile")["faces"][-1, 0]
+    # Relative to the unedited face's own flow: no step, no change (the paper's flow would move it).
+    unmoved = editor.edit(face[None], points[None], "smile", strength=0.0)
+    assert np.abs(unmoved["flows"]).max() == 0.0
+    np.testing.assert_array_equal(unmoved["faces"][-1, 0], face)
     source_label = expressions.LABELS.index(expressions.label(points))
     np.save(tmp_path / "face.npy", face)
     script = (

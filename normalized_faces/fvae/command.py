@@ -8,7 +8,12 @@ with dlib and aligned as in data prep (as normalize-face does), the edit is comp
 aligned face, and its flow is applied to the photo at the photo's own resolution and pasted back.
 Per face it writes <photo>_<to>.png (the whole photo edited) and, with --steps=K > 1, the aligned
 steps <photo>_<to>_<i>.png; grid.png shows a row per face: aligned input | steps. --to takes
-neutral, smile or open_mouth; --strength scales the edit (above 1 exaggerates it).
+neutral, smile or open_mouth; --strength scales the edit (above 1 exaggerates it). The edit's latent
+step comes from the run's training photos: by default the mean step between photos of one person
+whose heads are alike (--directions=paired), or the paper's difference of the labels' mean latents
+(--directions=label_means, which on LFW moves the head too); the flow applied is by default what
+the step adds to the flow the model draws for the unedited face (--norelative: the paper's, the
+flow at the edited latent itself).
 --interpolate takes exactly two photos (best of one person) and writes interpolation_<i>.png and
 interpolation.png (Algorithm 2: each photo warped towards the blended latent, blended by the
 model's confidence masks). Unreadable photos and photos without a face get a line each and the
@@ -35,14 +40,33 @@ def define_flags():
     flags.DEFINE_string("model", None, "A training run of train_main.py --method=fvae (its model_dir).")
     flags.DEFINE_string("output_dir", None, "Where the edited photos and grid.png go.")
     flags.DEFINE_enum("to", "neutral", list(EDIT_TARGETS), "The expression to move each face towards.")
-    flags.DEFINE_float("strength", 1.0, "How far: 1 goes from the face's expression's mean latent to the target's.")
+    flags.DEFINE_float("strength", 1.0, "How far: 1 takes the whole step from the face's expression to the target's.")
+    flags.DEFINE_enum(
+        "directions", "paired", ["paired", "label_means"],
+        "The latent step between expressions: from pose-alike photos of one person, or the paper's label means.",
+    )  # fmt: skip
+    flags.DEFINE_bool(
+        "relative",
+        True,
+        "Apply g(S, Z_edit) - g(S, Z(S)), the flow the edit adds (--norelative: g(S, Z_edit), the paper's).",
+    )
     flags.DEFINE_integer("steps", 1, "Algorithm 1's K: write the edit in K steps (or K + 1 interpolation frames).")
     flags.DEFINE_bool("interpolate", False, "Interpolate between exactly two photos instead of editing.")
     flags.DEFINE_enum("detector", "auto", ["auto", "hog", "cnn"], "dlib face detector (as normalize-face).")
 
 
 def run(
-    model_dir, output_dir, photos, to="neutral", strength=1.0, steps=1, interpolate=False, detector="auto", report=print
+    model_dir,
+    output_dir,
+    photos,
+    to="neutral",
+    strength=1.0,
+    steps=1,
+    interpolate=False,
+    detector="auto",
+    report=print,
+    directions="paired",
+    relative=True,
 ) -> int:
     """The command, as a function. Returns the exit code."""
     from normalized_faces import visualize
@@ -60,7 +84,7 @@ def run(
         return 2
     output_dir = pathlib.Path(output_dir)
     try:
-        editor = ExpressionEditor.from_run(model_dir)
+        editor = ExpressionEditor.from_run(model_dir, directions, relative)
     except (FileNotFoundError, ValueError) as error:
         report(f"{model_dir}: cannot edit with it: {error}")
         return 2
@@ -118,6 +142,8 @@ def main(argv):
             FLAGS.steps,
             FLAGS.interpolate,
             FLAGS.detector,
+            directions=FLAGS.directions,
+            relative=FLAGS.relative,
         )
     )
 

@@ -178,16 +178,11 @@ def pair_dataset(
     return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
 
 
-def mean_latents(model, photos: PhotoSet, batch_size: int = 32) -> dict:
-    """label -> the mean latent [4, 4, D] of that label's photos (Algorithm 1's Z_source / Z_target),
-    for every label with photos except "other"."""
-    sums, counts = {}, collections.Counter()
-    for start in range(0, len(photos.images), batch_size):
-        images = to_model_range(photos.images[start : start + batch_size])
-        means = model.encode(images)[0].numpy()
-        for mean, label in zip(means, photos.labels[start : start + batch_size]):
-            if label == "other":
-                continue
-            sums[label] = sums.get(label, 0.0) + mean
-            counts[label] += 1
-    return {label: sums[label] / counts[label] for label in sums}
+def photo_latents(model, photos: PhotoSet, batch_size: int = 32) -> np.ndarray:
+    """The encoder's mean latent of every photo: [N, 4, 4, D]."""
+    return np.concatenate(
+        [
+            model.encode(to_model_range(photos.images[start : start + batch_size]))[0].numpy()
+            for start in range(0, len(photos.images), batch_size)
+        ]
+    )

@@ -6,9 +6,9 @@ resolution).
     editor = ExpressionEditor.from_run(RUN)
     result = editor.edit(aligned_faces, landmarks, to="neutral", steps=3)   # aligned 224 crops, uint8
 
-Mean latents per expression label (expressions.LABELS but "other") come from the run's training
-photos: RUN/mean_latents.npz, written at the end of training (or here, on first use, from the
-run's data_dir).
+The latent step from one expression label to another (expression_directions: the paper's label
+means, or the mean step between pose-alike photos of one person) comes from the run's training
+photos: RUN/expression_directions_<kind>.npz, written on first use from the run's data_dir.
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from normalized_faces.config import RUN_CONFIG_FILE, TrainConfig
 from normalized_faces.fvae import losses
 from normalized_faces.fvae import model as fvae
 
-MEAN_LATENTS_FILE = "mean_latents.npz"
+DIRECTION_KINDS = ("paired", "label_means")
 EDIT_TARGETS = tuple(label for label in expressions.LABELS if label != "other")
+# Paired directions: only pairs of one person's photos whose heads lie this close (landmarks.pose_distance,
+# px at the model's 128; the flow VAE's training pairs use the same measure), and at least this many of
+# them, else the label means' difference stands in for that (source, target) pair of labels.
+PAIRED_MAX_POSE_DISTANCE = 2.0
+PAIRED_MIN_PAIRS = 10
 PASTE_FEATHER = 0.08  # of the aligned crop's side: the pasted edit fades out over this band
+
+
+def directions_file(kind: str) -> str:
+    return f"expression_directions_{kind}.npz"
 
 
 def to_model_input(aligned_faces) -> tf.Tensor:
@@ -44,63 +53,131 @@ def apply_normalized_flow(images, flow):
     return moved.numpy()
 
 
-def mean_latents_for_run(model_dir, model) -> dict:
-    """label -> mean latent for a training run: RUN/mean_latents.npz, computed and written when missing."""
+def expression_directions(
+    latents: np.ndarray,
+    photos,
+    kind: str = "paired",
+    max_pose_distance: float = PAIRED_MAX_POSE_DISTANCE,
+    min_pairs: int = PAIRED_MIN_PAIRS,
+) -> dict:
+    """Algorithm 1's latent step from each expression label to each other, from training photos
+    (fvae.data.PhotoSet) and their latents [N, h, w, D].
+
+    kind="label_means" is the paper's: Z_target - Z_source, the mean latents of all photos with
+    those labels ("other" as a source: the mean of the other labels' means). On MULTI-PIE those
+    means are over the same people in the same poses; on LFW they are not, and the smiling photos'
+    heads sit elsewhere on average (the label means' head landmarks differ by 1.8 px at 128 px,
+    their mouths by 2.6), so that step moves the head as well. kind="paired": the mean of
+    Z(b) - Z(a) over pairs of one person's photos, a with the source label and b with the target's,
+    whose heads are within max_pose_distance (what stays is the expression); a (source, target)
+    with fewer than min_pairs such pairs falls back to the label means' step.
+
+    Returns {"directions": [L, L, h, w, D] float32 (row: source, column: target, in
+    expressions.LABELS order; zero on the diagonal), "pairs": [L, L] the pairs behind each paired
+    step (0: the label means' step), "label_photos": [L] photos per label, "kind"}.
+    """
+    if kind not in DIRECTION_KINDS:
+        raise ValueError(f"directions must be one of {DIRECTION_KINDS}, got {kind!r}")
+    count = len(expressions.LABELS)
+    label_ids = np.array([expressions.LABELS.index(label) for label in photos.labels])
+    label_photos = np.bincount(label_ids, minlength=count)
+    means = np.stack(
+        [latents[label_ids == i].mean(0) if label_photos[i] else np.zeros(latents.shape[1:]) for i in range(count)]
+    )
+    targets_with_photos = [expressions.LABELS.index(label) for label in EDIT_TARGETS]
+    targets_with_photos = [i for i in targets_with_photos if label_photos[i]]
+    if targets_with_photos:
+        means[expressions.LABELS.index("other")] = means[targets_with_photos].mean(0)
+    directions = means[None, :] - means[:, None]  # [source, target]
+    pairs = np.zeros([count, count], np.int64)
+    if kind == "paired":
+        sums = np.zeros_like(directions)
+        for indices in photos.people_with_pairs().values():
+            head = photos.landmarks[indices][:, lm.POSE_LANDMARKS]  # [n, P, 2]
+            distance = np.linalg.norm(head[:, None] - head[None], axis=-1).mean(-1)  # [n, n]
+            ids = label_ids[indices]
+            for source in np.unique(ids):
+                for target in np.unique(ids):
+                    if source == target:
+                        continue
+                    alike = distance[np.ix_(ids == source, ids == target)] <= max_pose_distance  # [a, b]
+                    if alike.any():
+                        # sum over alike (a, b) of Z(b) - Z(a)
+                        to_b = np.tensordot(alike.sum(0), latents[indices[ids == target]], axes=1)
+                        from_a = np.tensordot(alike.sum(1), latents[indices[ids == source]], axes=1)
+                        sums[source, target] += to_b - from_a
+                        pairs[source, target] += int(alike.sum())
+        enough = pairs >= min_pairs
+        paired = sums / np.maximum(pairs, 1).reshape(count, count, *[1] * (sums.ndim - 2))
+        directions = np.where(enough.reshape(count, count, *[1] * (sums.ndim - 2)), paired, directions)
+        pairs = np.where(enough, pairs, 0)
+    directions[np.arange(count), np.arange(count)] = 0.0
+    return {"directions": directions.astype(np.float32), "pairs": pairs, "label_photos": label_photos, "kind": kind}
+
+
+def directions_for_run(model_dir, model, kind: str = "paired") -> dict:
+    """expression_directions for a training run from its training photos: RUN/expression_directions_<kind>.npz,
+    computed and written when missing."""
     from normalized_faces.fvae import data as fvae_data
 
-    path = pathlib.Path(model_dir) / MEAN_LATENTS_FILE
+    path = pathlib.Path(model_dir) / directions_file(kind)
     if not path.exists():
         config = TrainConfig.from_json(json.loads((pathlib.Path(model_dir) / RUN_CONFIG_FILE).read_text()))
-        data_dir = config.trainer.data_dir
-        means = fvae_data.mean_latents(model, fvae_data.load_photos(data_dir, "train"))
-        np.savez(path, **means)
+        photos = fvae_data.load_photos(config.trainer.data_dir, "train")
+        table = expression_directions(fvae_data.photo_latents(model, photos), photos, kind)
+        np.savez(path, **table)
     with np.load(path) as arrays:
-        return {label: arrays[label] for label in arrays.files}
+        return {name: arrays[name] if name != "kind" else str(arrays[name]) for name in arrays.files}
 
 
 class ExpressionEditor:
-    """A flow VAE and its mean latents per expression label."""
+    """A flow VAE and its expression directions (expression_directions).
 
-    def __init__(self, model, mean_latents: dict):
-        missing = [label for label in EDIT_TARGETS if label not in mean_latents]
+    relative=True (the default) applies g(S, Z_i) - g(S, Z(S)): the flow the latent step adds to the
+    one the model draws for the photo unedited. The paper applies g(S, Z_i) itself, which presumes
+    g(S, Z(S)) moves nothing; on LFW it moves pixels by several px (the landmark probe: 3.3 px), a
+    pattern every edit would then carry. Relative, step 0 is the photo itself.
+    """
+
+    def __init__(self, model, directions: dict, relative: bool = True):
+        photos = dict(zip(expressions.LABELS, directions["label_photos"]))
+        missing = [label for label in EDIT_TARGETS if not photos.get(label)]
         if missing:
-            raise ValueError(f"the model's mean latents lack {missing}: its training photos had none with those labels")
+            raise ValueError(
+                f"the model's expression directions lack {missing}: its training photos had none with those labels"
+            )
         if model.output_kind != "flow":
             raise ValueError("editing needs the flow model (fvae_output=flow); the rgb model is the paper's baseline")
-        self.model, self.mean_latents = model, mean_latents
-        self.overall_mean = np.mean([mean_latents[label] for label in EDIT_TARGETS], axis=0)
+        self.model, self.directions, self.relative = model, directions, relative
 
     @classmethod
-    def from_run(cls, model_dir) -> "ExpressionEditor":
+    def from_run(cls, model_dir, directions: str = "paired", relative: bool = True) -> "ExpressionEditor":
         from normalized_faces import inference
 
         model = inference.restore_training_model(model_dir)
-        return cls(model, mean_latents_for_run(model_dir, model))
+        return cls(model, directions_for_run(model_dir, model, directions), relative)
 
-    def source_mean(self, landmarks) -> np.ndarray:
-        """Z_source of Algorithm 1: the mean latent of the photo's own expression label (the mean of
-        the labels' means for a face labelled "other")."""
-        return self.mean_latents.get(expressions.label(np.asarray(landmarks)), self.overall_mean)
+    def direction(self, landmarks, to: str) -> np.ndarray:
+        """The latent step [h, w, D] from the photo's own expression label (from its landmarks) to `to`."""
+        source = expressions.LABELS.index(expressions.label(np.asarray(landmarks)))
+        return self.directions["directions"][source, expressions.LABELS.index(to)]
 
     def edit(self, aligned_faces, landmarks, to: str, steps: int = 1, strength: float = 1.0) -> dict:
         """Algorithm 1 on aligned crops [B, S, S, 3] uint8 with their landmarks [B, 68, 2].
 
         Returns {"faces": [K, B, S, S, 3] uint8 (step K: the full edit), "flows": [K, B, 128, 128, 2]}.
-        `strength` scales the step from Z_source to Z_target (1: the paper's; > 1 exaggerates).
+        `strength` scales the step from the photo's label to the target (1: the paper's; > 1 exaggerates).
         """
         if to not in EDIT_TARGETS:
             raise ValueError(f"--to must be one of {EDIT_TARGETS}, got {to!r}")
         images = to_model_input(aligned_faces)
         latent = self.model.encode(images)[0]
-        target = self.mean_latents[to]
-        edits = []
-        for z, points in zip(tf.unstack(latent), landmarks):
-            source = self.source_mean(points)
-            edits.append(fvae.edit_latents(z[None], source, source + strength * (target - source), steps)[:, 0])
-        edits = tf.stack(edits, axis=1)  # [K, B, 4, 4, D]
+        direction = np.stack([strength * self.direction(points, to) for points in landmarks])
+        edits = fvae.edit_latents(latent, direction, steps)  # [K, B, h, w, D]
+        unedited = self.model.decode(images, latent, with_mask=False)["flow"] if self.relative else 0.0
         faces, flows = [], []
         for step_latents in tf.unstack(edits):
-            flow = self.model.decode(images, step_latents)["flow"]
+            flow = self.model.decode(images, step_latents, with_mask=False)["flow"] - unedited
             flows.append(flow.numpy())
             faces.append(np.clip(np.round(apply_normalized_flow(aligned_faces, flow)), 0, 255).astype(np.uint8))
         return {"faces": np.stack(faces), "flows": np.stack(flows)}

@@ -137,19 +137,19 @@ def sample_latent(mean, log_variance, seed=None):
     return mean + tf.exp(0.5 * log_variance) * noise
 
 
-def edit_latents(latent, source_mean, target_mean, steps: int):
+def edit_latents(latent, direction, steps: int):
     """Algorithm 1: Z_i = Z(S) + i / K (Z_target - Z_source) for i = 1..K.
 
     Args:
-      latent: [B, h, w, D] the photo's latent; source_mean, target_mean: [h, w, D] the mean latents
-        of training photos with the photo's expression label and with the wanted one.
+      latent: [B, h, w, D] the photos' latents; direction: the step Z_target - Z_source, [h, w, D] for
+        every photo or [B, h, w, D] one per photo (editing.expression_directions).
 
     Returns:
       [K, B, h, w, D]: the K steps, the last one the full edit.
     """
-    direction = tf.convert_to_tensor(target_mean, latent.dtype) - tf.convert_to_tensor(source_mean, latent.dtype)
+    direction = tf.broadcast_to(tf.convert_to_tensor(direction, latent.dtype), tf.shape(latent))
     fractions = tf.range(1, steps + 1, dtype=latent.dtype) / float(steps)
-    return latent[None] + fractions[:, None, None, None, None] * direction[None, None]
+    return latent[None] + fractions[:, None, None, None, None] * direction[None]
 
 
 @keras.saving.register_keras_serializable(package="normalized_faces")
