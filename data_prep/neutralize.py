@@ -3,7 +3,7 @@
 Data prep drops photos that smile or open the mouth (the paper's model is trained on neutral
 faces). With `--neutralize_with=EXPORT` (a flow VAE exported from a `--method=fvae` run) such a
 photo is instead edited towards neutral by the flow VAE (Yeh et al.'s Algorithm 1 at full
-strength: the flow moves the photo's own pixels, so its detail stays), its landmarks found again on
+strength, or --neutralize_strength: the flow moves the photo's own pixels, so its detail stays), its landmarks found again on
 the edited crop, and kept if it then passes every filter; otherwise it is rejected for the
 expression it still shows, with "after neutralizing" in the detail.
 
@@ -46,11 +46,12 @@ class Neutralizer:
 
     Args:
       export_dir: the export (a SavedModel, or a folder of numbered versions: the newest is used).
+      strength: the edit's step scaled by this (1: the whole step to neutral).
     Raises:
       FileNotFoundError: no SavedModel there; ValueError: a SavedModel of another method.
     """
 
-    def __init__(self, export_dir):
+    def __init__(self, export_dir, strength: float = 1.0):
         import tensorflow as tf
 
         from normalized_faces import inference
@@ -63,7 +64,7 @@ class Neutralizer:
                 f"--neutralize_with={export_dir}: {path} is not a flow VAE export (method {method!r}); "
                 "export a --method=fvae run (python -m export.saved_model --model_dir=RUN)"
             )
-        self.path = path
+        self.path, self.strength = path, float(strength)
         self._edit = tf.saved_model.load(str(path)).signatures["serving_default"]
 
     def __call__(self, aligned_image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -75,6 +76,6 @@ class Neutralizer:
             images=tf.constant(aligned_image[None].astype(np.float32) / 255.0),
             source_label=tf.constant([source], tf.int32),
             target_label=tf.constant([expressions.LABELS.index("neutral")], tf.int32),
-            strength=tf.constant([1.0], tf.float32),
+            strength=tf.constant([self.strength], tf.float32),
         )
         return np.clip(np.round(result["edited"].numpy()[0] * 255.0), 0, 255).astype(np.uint8)

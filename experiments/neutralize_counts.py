@@ -1,6 +1,7 @@
 """How many more LFW people the paper's data prep keeps when smiling photos are neutralized (issue 15).
 
-    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] [--num_morphs=0] [--max_people=N]
+    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] \
+        [--neutralize_strength=1] [--num_morphs=0] [--max_people=N]
 
 EXPORT: a flow VAE SavedModel (`python -m export.saved_model --model_dir=RUN/flow ...` of an
 fvae_result run). Runs data prep in the paper's mode (identity averages; the default filters) on
@@ -9,7 +10,8 @@ paper does, dropping photos that smile or open the mouth (RUN/plain), and with -
 (RUN/neutralized), where such photos are edited towards neutral and kept if they then pass every
 filter. Prints and writes RUN/neutralize_counts.md: photos accepted, accepted after an edit,
 rejected for the expression, and identities with at least --min_photos_per_identity photos (the
-ones the paper's data can average). Each data prep is skipped when its metadata.json exists.
+ones the paper's data can average), and draws RUN/neutralized_examples.png (photos kept only
+because of the edit: before | after). Each data prep is skipped when its metadata.json exists.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 from absl import app, flags
 
 from experiments import lfw_result
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("neutralize_with", None, "The flow VAE export that edits photos towards neutral.")
+flags.DEFINE_float("neutralize_strength", 1.0, "Data prep's --neutralize_strength (1: the whole step to neutral).")
 flags.DEFINE_integer("min_photos_per_identity", 3, "Photos an identity needs to be averaged (paper: 3).")
 flags.DEFINE_integer("max_people", None, "Only the first this many people (by name): a quick trial of the command.")
 flags.mark_flag_as_required("neutralize_with")
@@ -45,8 +49,11 @@ def prepare(run_dir: pathlib.Path, folder: str, people, split, neutralize_with):
         num_morphs=FLAGS.num_morphs,
         min_photos_per_identity=FLAGS.min_photos_per_identity,
         neutralize_with=neutralize_with,
+        neutralize_strength=FLAGS.neutralize_strength,
     )
     flag_values = {"input": str(manifest), "num_morphs": FLAGS.num_morphs, "neutralize_with": neutralize_with}
+    if neutralize_with:
+        flag_values["neutralize_strength"] = FLAGS.neutralize_strength
     summary = job.run(str(manifest), str(data_dir), config, flag_values=flag_values)
     job.print_summary(summary, str(data_dir))
     return summary, True
@@ -83,6 +90,37 @@ def table(plain: dict, neutralized: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def examples_figure(run_dir: pathlib.Path, count: int = 8) -> pathlib.Path:
+    """RUN/neutralized_examples.png: photos the paper's filters drop for smiling or an open mouth and
+    --neutralize_with keeps, each aligned as data prep aligns it | after the export's edit (the
+    same edit data prep made, deterministic); `count` of them, evenly spread over how far the
+    dropped measure was past its threshold (the nearest first)."""
+    from PIL import Image
+
+    from data_prep.neutralize import EXPRESSION_REASONS, Neutralizer
+    from normalized_faces import visualize
+    from normalized_faces.cli import collect_faces
+
+    def rejected(folder):
+        lines = (run_dir / folder / "rejected.jsonl").read_text().splitlines()
+        return {r["path"]: r for r in map(json.loads, lines)}
+
+    still_rejected = rejected("neutralized")
+    kept = [
+        r for path, r in rejected("plain").items() if r["reason"] in EXPRESSION_REASONS and path not in still_rejected
+    ]
+    kept.sort(key=lambda r: r["value"] / r["threshold"])
+    picks = [kept[i] for i in sorted(set(np.linspace(0, len(kept) - 1, count).astype(int)))] if kept else []
+    found, _ = collect_faces([(r["path"], None) for r in picks], report=lambda line: None)
+    neutralizer = Neutralizer(FLAGS.neutralize_with, FLAGS.neutralize_strength)
+    rows = [[face.aligned.image, neutralizer(face.aligned.image, face.aligned.landmarks)] for face in found]
+    labels = [f"{r['reason']} {r['value']:.2f}" for r in picks]
+    path = run_dir / "neutralized_examples.png"
+    grid = visualize.image_grid(rows, labels=labels, column_titles=["dropped by the paper's filters", "kept, edited"])
+    Image.fromarray(grid).save(path)
+    return path
+
+
 def main(argv):
     del argv
     run_dir, people, split = lfw_result.start_run()
@@ -91,6 +129,7 @@ def main(argv):
     text = table(plain, neutralized)
     (run_dir / "neutralize_counts.md").write_text(text)
     print(text)
+    print(f"wrote {examples_figure(run_dir)}")
 
 
 if __name__ == "__main__":

@@ -570,5 +570,8 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     ]
     assert moved[0]["reason"] == "neutralize_moved_head" and "moved the head" in moved[0]["detail"]
     assert summary["neutralized"] == 0 and summary["accepted"] == 1
+    # --neutralize_strength scales the served step; none leaves the crop as it was (relative flow).
+    np.testing.assert_array_equal(Neutralizer(tmp_path / "export", strength=0.0)(face, points), face)
+    assert np.abs(Neutralizer(tmp_path / "export", strength=2.0)(face, points).astype(int) - face).max() > 0
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
         Neutralizer(tmp_path / "missing")

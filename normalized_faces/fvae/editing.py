@@ -8,7 +8,8 @@ resolution).
 
 The latent step from one expression label to another (expression_directions: the paper's label
 means, or the mean step between pose-alike photos of one person) comes from the run's training
-photos: RUN/expression_directions_<kind>.npz, written on first use from the run's data_dir.
+photos: RUN/expression_directions_<kind>.npz, written on first use (and after more training) from the
+run's data_dir.
 """
 
 from __future__ import annotations
@@ -116,18 +117,25 @@ def expression_directions(
 
 
 def directions_for_run(model_dir, model, kind: str = "paired") -> dict:
-    """expression_directions for a training run from its training photos: RUN/expression_directions_<kind>.npz,
-    computed and written when missing."""
+    """expression_directions for a training run from its training photos and its latest checkpoint
+    (the model restored from it): RUN/expression_directions_<kind>.npz, computed and written when
+    missing or made with an older checkpoint (a resumed run)."""
     from normalized_faces.fvae import data as fvae_data
 
-    path = pathlib.Path(model_dir) / directions_file(kind)
-    if not path.exists():
-        config = TrainConfig.from_json(json.loads((pathlib.Path(model_dir) / RUN_CONFIG_FILE).read_text()))
-        photos = fvae_data.load_photos(config.trainer.data_dir, "train")
-        table = expression_directions(fvae_data.photo_latents(model, photos), photos, kind)
-        np.savez(path, **table)
-    with np.load(path) as arrays:
-        return {name: arrays[name] if name != "kind" else str(arrays[name]) for name in arrays.files}
+    model_dir = pathlib.Path(model_dir)
+    path = model_dir / directions_file(kind)
+    checkpoint = pathlib.Path(tf.train.latest_checkpoint(str(model_dir / "checkpoints")) or "").name
+    if path.exists():
+        with np.load(path) as arrays:
+            table = {name: arrays[name] for name in arrays.files}
+        if str(table.get("checkpoint", "")) == checkpoint:
+            table["kind"] = str(table["kind"])
+            return table
+    config = TrainConfig.from_json(json.loads((model_dir / RUN_CONFIG_FILE).read_text()))
+    photos = fvae_data.load_photos(config.trainer.data_dir, "train")
+    table = expression_directions(fvae_data.photo_latents(model, photos), photos, kind)
+    np.savez(path, checkpoint=checkpoint, **table)
+    return table
 
 
 class ExpressionEditor:
@@ -184,16 +192,18 @@ class ExpressionEditor:
 
     def interpolate(self, face_a, face_b, steps: int) -> np.ndarray:
         """Algorithm 2 between two aligned crops [S, S, 3] uint8: for t = 0, 1/steps, .., 1 the
-        latent (1 - t) Z_a + t Z_b decoded with each photo, each photo warped by its flow, blended by
-        their normalized confidence masks. Returns [steps + 1, S, S, 3] uint8."""
+        latent (1 - t) Z_a + t Z_b decoded with each photo, each photo warped by its flow (relative:
+        less the flow at its own latent, as in edit), blended by their normalized confidence masks.
+        Returns [steps + 1, S, S, 3] uint8."""
         images = to_model_input(np.stack([face_a, face_b]))
         latents = self.model.encode(images)[0]
+        unedited = self.model.decode(images, latents, with_mask=False)["flow"] if self.relative else 0.0
         originals = np.stack([face_a, face_b])
         frames = []
         for t in np.linspace(0.0, 1.0, steps + 1):
             z = (1 - t) * latents[0] + t * latents[1]
             out = self.model.decode(images, tf.stack([z, z]))
-            warped = apply_normalized_flow(originals, out["flow"])  # [2, S, S, 3]
+            warped = apply_normalized_flow(originals, out["flow"] - unedited)  # [2, S, S, 3]
             size = originals.shape[1]
             masks = tf.image.resize(out["mask"], [size, size])  # [2, S, S, 1]
             weights = losses.blend_weights(masks[:, None])[:, 0].numpy()
