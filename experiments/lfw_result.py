@@ -116,7 +116,9 @@ def photo_manifest(people: dict, names, path: pathlib.Path, per_person=None) -> 
 
 
 @stage("data prep")
-def prepare_data(run_dir: pathlib.Path, people, split, num_morphs):
+def prepare_data(run_dir: pathlib.Path, people, split, num_morphs, **prep_options):
+    """Data prep of the train + validation people into RUN/data; prep_options: more PrepConfig fields
+    (neutralize_comparison's --neutralize_with)."""
     from data_prep import job, stages
     from normalized_faces import data
 
@@ -124,10 +126,9 @@ def prepare_data(run_dir: pathlib.Path, people, split, num_morphs):
     if (data_dir / data.METADATA_FILE).exists():
         return json.loads((data_dir / data.METADATA_FILE).read_text())["counts"], False
     manifest = photo_manifest(people, split["train"] + split["validation"], run_dir / "trainval_photos.csv")
-    config = stages.PrepConfig(num_morphs=num_morphs)
-    summary = job.run(
-        str(manifest), str(data_dir), config, flag_values={"num_morphs": num_morphs, "input": str(manifest)}
-    )
+    config = stages.PrepConfig(num_morphs=num_morphs, **prep_options)
+    flag_values = {"num_morphs": num_morphs, "input": str(manifest), **prep_options}
+    summary = job.run(str(manifest), str(data_dir), config, flag_values=flag_values)
     job.print_summary(summary, str(data_dir))
     return summary, True
 

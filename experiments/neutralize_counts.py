@@ -1,6 +1,6 @@
 """How many more LFW people the paper's data prep keeps when smiling photos are neutralized (issue 15).
 
-    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize] \
+    python -m experiments.neutralize_counts --neutralize_with=EXPORT [--run_dir=runs/neutralize]
         [--neutralize_strength=1] [--num_morphs=0] [--max_people=N]
 
 EXPORT: a flow VAE SavedModel (`python -m export.saved_model --model_dir=RUN/flow ...` of an
