@@ -3,9 +3,9 @@
 Data prep drops photos that smile or open the mouth (the paper's model is trained on neutral
 faces). With `--neutralize_with=EXPORT` (a flow VAE exported from a `--method=fvae` run) such a
 photo is instead edited towards neutral by the flow VAE (Yeh et al.'s Algorithm 1 at full
-strength, or --neutralize_strength: the flow moves the photo's own pixels, so its detail stays), its landmarks found again on
-the edited crop, and kept if it then passes every filter; otherwise it is rejected for the
-expression it still shows, with "after neutralizing" in the detail.
+strength, or --neutralize_strength: the flow moves the photo's own pixels, so its detail stays),
+its landmarks found again on the edited crop, and kept if it then passes every filter; otherwise
+it is rejected for the expression it still shows, with "after neutralizing" in the detail.
 
 Only the expression filters decide: a photo that also fails another filter (blur, pose, glasses...)
 is rejected for that, unedited. And an edit that moved the head is rejected whatever the filters

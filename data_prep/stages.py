@@ -82,8 +82,8 @@ class PrepConfig:
     neutralize_strength: float = option(
         1.0,
         "--neutralize_with: how far each edit goes (the flow VAE's step from the photo's expression to neutral, "
-        "scaled; 1: the whole step, above 1 exaggerates it). On LFW validation photos 2 neutralized the most with "
-        "the head in place (README, Expression editing).",
+        "scaled; 1: the whole step, above 1 exaggerates it). On LFW 2 passes more photos through the filters, but "
+        "many still smile to the eye (README, Expression editing).",
     )
     apply_filters: bool = option(
         True, "Apply the frontal/neutral/sharp/colour/eyeglasses filters (stage 4).", flag="filters"

@@ -102,19 +102,24 @@ def examples_figure(run_dir: pathlib.Path, count: int = 8) -> pathlib.Path:
     from normalized_faces.cli import collect_faces
 
     def rejected(folder):
+        # By file name: the two runs may have read the photos through different paths (LFW's names are unique).
         lines = (run_dir / folder / "rejected.jsonl").read_text().splitlines()
-        return {r["path"]: r for r in map(json.loads, lines)}
+        return {pathlib.Path(r["path"]).name: r for r in map(json.loads, lines)}
 
     still_rejected = rejected("neutralized")
     kept = [
-        r for path, r in rejected("plain").items() if r["reason"] in EXPRESSION_REASONS and path not in still_rejected
+        r for name, r in rejected("plain").items() if r["reason"] in EXPRESSION_REASONS and name not in still_rejected
     ]
     kept.sort(key=lambda r: r["value"] / r["threshold"])
     picks = [kept[i] for i in sorted(set(np.linspace(0, len(kept) - 1, count).astype(int)))] if kept else []
     found, _ = collect_faces([(r["path"], None) for r in picks], report=lambda line: None)
     neutralizer = Neutralizer(FLAGS.neutralize_with, FLAGS.neutralize_strength)
+    found = [face for face in found if face.index == 0]  # the largest face, as data prep keeps it
+    by_path = {r["path"]: r for r in picks}
     rows = [[face.aligned.image, neutralizer(face.aligned.image, face.aligned.landmarks)] for face in found]
-    labels = [f"{r['reason']} {r['value']:.2f}" for r in picks]
+    labels = [
+        f"{by_path[str(face.photo_path)]['reason']} {by_path[str(face.photo_path)]['value']:.2f}" for face in found
+    ]
     path = run_dir / "neutralized_examples.png"
     grid = visualize.image_grid(rows, labels=labels, column_titles=["dropped by the paper's filters", "kept, edited"])
     Image.fromarray(grid).save(path)

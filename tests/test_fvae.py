@@ -570,8 +570,31 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     ]
     assert moved[0]["reason"] == "neutralize_moved_head" and "moved the head" in moved[0]["detail"]
     assert summary["neutralized"] == 0 and summary["accepted"] == 1
-    # --neutralize_strength scales the served step; none leaves the crop as it was (relative flow).
+    # --neutralize_strength scales the served step: none moves nothing (relative flow), two moves the
+    # pixels as the library's edit at strength 2 does.
+    served_edit = tf.saved_model.load(str(exported)).signatures["serving_default"]
+
+    def served_flow(strength):
+        return served_edit(
+            images=tf.constant(face[None].astype(np.float32) / 255),
+            source_label=tf.constant([source_label]),
+            target_label=tf.constant([expressions.LABELS.index("neutral")]),
+            strength=tf.constant([strength]),
+        )["flow"].numpy()
+
+    library = editor.edit(face[None], points[None], "neutral", strength=2.0)
+    assert np.abs(served_flow(0.0)).max() == 0.0 and np.abs(served_flow(2.0)).max() > 0.0
+    np.testing.assert_allclose(served_flow(2.0), library["flows"][-1], atol=1e-5)
     np.testing.assert_array_equal(Neutralizer(tmp_path / "export", strength=0.0)(face, points), face)
-    assert np.abs(Neutralizer(tmp_path / "export", strength=2.0)(face, points).astype(int) - face).max() > 0
+    neutralized = Neutralizer(tmp_path / "export", strength=2.0)(face, points).astype(int)
+    assert np.abs(neutralized - library["faces"][-1, 0]).max() <= 2
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
         Neutralizer(tmp_path / "missing")
+    # The cached directions belong to a checkpoint: made with another (a run trained further since),
+    # they are computed again from the training photos (all neutral here: no smile photos counted).
+    stale = dict(np.load(model_dir / editing.directions_file("paired")))
+    assert str(stale["checkpoint"]) == "ckpt-8" and stale["label_photos"][expressions.LABELS.index("smile")] == 1
+    np.savez(model_dir / editing.directions_file("paired"), **{**stale, "checkpoint": "ckpt-4"})
+    fresh = editing.directions_for_run(model_dir, editor.model)
+    assert fresh["label_photos"][expressions.LABELS.index("smile")] == 0
+    assert str(np.load(model_dir / editing.directions_file("paired"))["checkpoint"]) == "ckpt-8"
