@@ -12,7 +12,8 @@ Stages (each skipped when its output exists; RUN/times.json keeps their wall-clo
    to T as in training): PSNR of g(S, Z(T)) against T for both, and for the paper's flow baseline,
    the mean of the flow model's flows over training pairs applied to S; RUN/fvae_results.md;
 4. figures: source | flow VAE | VAE | mean flow | target (Fig. 4); flow upsampling against pixel
-   upsampling at 224 px (Fig. 7); test photos edited towards neutral and smile (Algorithm 1).
+   upsampling at 224 px (Fig. 7); test photos edited towards neutral and smile (Algorithm 1, with
+   --edit_directions, --edit_relative and --edit_strength: RUN/fvae_edits_<variant>.png).
 """
 
 from __future__ import annotations
