@@ -116,10 +116,9 @@ def examples_figure(run_dir: pathlib.Path, count: int = 8) -> pathlib.Path:
     neutralizer = Neutralizer(FLAGS.neutralize_with, FLAGS.neutralize_strength)
     found = [face for face in found if face.index == 0]  # the largest face, as data prep keeps it
     by_path = {r["path"]: r for r in picks}
+    records = [by_path[str(face.photo_path)] for face in found]
     rows = [[face.aligned.image, neutralizer(face.aligned.image, face.aligned.landmarks)] for face in found]
-    labels = [
-        f"{by_path[str(face.photo_path)]['reason']} {by_path[str(face.photo_path)]['value']:.2f}" for face in found
-    ]
+    labels = [f"{r['reason']} {r['value']:.2f}" for r in records]
     path = run_dir / "neutralized_examples.png"
     grid = visualize.image_grid(rows, labels=labels, column_titles=["dropped by the paper's filters", "kept, edited"])
     Image.fromarray(grid).save(path)
