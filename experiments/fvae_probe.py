@@ -13,7 +13,8 @@ output samples where T shows its landmarks (the flow's geometry, whatever the li
 source | output | flow | target, and a grid of validation photos edited towards each expression
 (Algorithm 1); and whether those edits do what they are asked, with dlib finding the landmarks
 again (edit_measure: towards neutral, what --neutralize_with would make of the photos data prep
-drops; towards smile and open mouth from neutral photos; the head kept in place or not). The edits
+drops; towards smile and open mouth from neutral photos; the head kept in place or not) and by
+their look (edit_judge: FER2013's expression model, which never sees landmarks). The edits
 follow --edit_directions and --edit_relative (rerun with others to add a variant: training is not
 repeated). RUN/probes/summary.md lists every probe and editing variant so far.
 """
@@ -182,6 +183,106 @@ def reaches(points, to: str) -> bool:
     return expression_passes(points) if to == "neutral" else expressions.label(points) == to
 
 
+def validation_records(run_dir: pathlib.Path) -> list:
+    import tensorflow as tf
+
+    from normalized_faces import data
+
+    files = data.record_files(run_dir / "photo_data", "validation")
+    return [data.decode_record(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+def photos_to_edit(records, to: str, most: int) -> list:
+    """The validation photos an edit towards `to` is measured on: towards neutral, those failing data
+    prep's smile or open-mouth filter; towards smile or open mouth, the neutral ones; at most `most`."""
+    from normalized_faces import expressions
+
+    if to == "neutral":
+        return [r for r in records if not expression_passes(r.landmarks)][:most]
+    return [r for r in records if expressions.label(r.landmarks) == "neutral"][:most]
+
+
+@lfw_result.stage("probe: validation photos edited, judged by their look (FER2013 expression model)")
+def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
+    """Whether the edits change how the face looks, by a judge that ignores dlib's landmarks: FER2013's
+    expression model (normalized_faces/expression_judge.py) on the photos edit_measure edits, before
+    and after, cropped alike (the photo's landmarks). Per target: mean probabilities of its emotions and
+    how many photos it calls happy (its most probable emotion). P(happy) is the judge's word on a
+    smile: towards neutral it should fall to a neutral face's, towards smile rise.
+    RUN/probes/<probe>/probe_edit_judge_<variant>.json, one entry per target, and the neutral
+    validation photos' own figures for reference."""
+    from normalized_faces import expressions, inference
+    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+    from normalized_faces.fvae.editing import EDIT_TARGETS
+
+    probe_dir = run_dir / "probes" / FLAGS.probe
+    path = probe_dir / f"probe_edit_judge_{fvae_result.editing_variant()}.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    editor = fvae_result.editor_for(probe_dir, inference.restore_training_model(probe_dir))
+    judge = ExpressionJudge()
+    records = validation_records(run_dir)
+
+    def judged(probabilities):
+        return {
+            "mean": dict(zip(EMOTIONS, map(float, probabilities.mean(axis=0)))),
+            "called_happy": int((probabilities.argmax(axis=1) == EMOTIONS.index("happy")).sum()),
+        }
+
+    neutral = [r for r in records if expressions.label(r.landmarks) == "neutral"]
+    report = {
+        "neutral_photos": {
+            "photos": len(neutral),
+            **judged(judge([r.image for r in neutral], [r.landmarks for r in neutral])),
+        }
+    }
+    for to in EDIT_TARGETS:
+        chosen = photos_to_edit(records, to, most)
+        faces = np.stack([r.image for r in chosen])
+        points = np.stack([r.landmarks for r in chosen])
+        edited = np.concatenate(
+            [
+                editor.edit(faces[i : i + batch_size], points[i : i + batch_size], to, strength=FLAGS.edit_strength)[
+                    "faces"
+                ][-1]
+                for i in range(0, len(chosen), batch_size)
+            ]
+        )
+        report[to] = {
+            "photos": len(chosen),
+            "unedited": judged(judge(faces, points)),
+            "edited": judged(judge(edited, points)),
+        }
+    path.write_text(json.dumps(report, indent=2))
+    return report, True
+
+
+def judge_summary(run_dir: pathlib.Path) -> str:
+    """Every probe's edit_judge so far, one row per editing variant."""
+    from normalized_faces.fvae.editing import EDIT_TARGETS
+
+    lines = [
+        "| probe | edit steps, flow | "
+        + " | ".join(f"to {to}: P(happy) unedited -> edited, called happy" for to in EDIT_TARGETS)
+        + " | neutral photos: P(happy), called happy |",
+        "|---|---|" + "---|" * len(EDIT_TARGETS) + "---|",
+    ]
+    for path in sorted((run_dir / "probes").glob("*/probe_edit_judge_*.json")):
+        r = json.loads(path.read_text())
+        variant = path.stem[len("probe_edit_judge_") :].replace("label_means", "label-means").replace("_", " ")
+        cells = []
+        for to in EDIT_TARGETS:
+            before, after = r[to]["unedited"], r[to]["edited"]
+            cells.append(
+                f"{before['mean']['happy']:.2f} -> {after['mean']['happy']:.2f}, "
+                f"{before['called_happy']} -> {after['called_happy']} / {r[to]['photos']}"
+            )
+        neutral = r["neutral_photos"]
+        reference = f"{neutral['mean']['happy']:.2f}, {neutral['called_happy']} / {neutral['photos']}"
+        lines.append(f"| {path.parent.name} | {variant} | " + " | ".join(cells) + f" | {reference} |")
+    return "\n".join(lines) + "\n"
+
+
 @lfw_result.stage("probe: validation photos edited, landmarks found again")
 def edit_measure(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     """Whether the edits do what they are asked, measured with dlib: validation photos are edited
@@ -193,10 +294,8 @@ def edit_measure(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     percentiles). The photos: towards neutral, every one failing data prep's filters; towards smile
     or open mouth, the neutral ones (at most `most` of each).
     RUN/probes/<probe>/probe_edit_measure_<variant>.json, one entry per target."""
-    import tensorflow as tf
-
     from data_prep import stages
-    from normalized_faces import data, detection, expressions, inference
+    from normalized_faces import detection, inference
     from normalized_faces.fvae.editing import EDIT_TARGETS
     from normalized_faces.landmarks import pose_distance
 
@@ -205,19 +304,12 @@ def edit_measure(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     if path.exists():
         return json.loads(path.read_text()), False
     editor = fvae_result.editor_for(probe_dir, inference.restore_training_model(probe_dir))
-    records = [
-        data.decode_record(r.numpy())
-        for r in tf.data.TFRecordDataset(data.record_files(run_dir / "photo_data", "validation"))
-    ]
+    records = validation_records(run_dir)
     detector = detection.FaceDetector("hog")
     max_shift = stages.PrepConfig().neutralize_max_head_shift
     report = {"max_head_shift_px": max_shift}
     for to in EDIT_TARGETS:
-        if to == "neutral":
-            chosen = [r for r in records if not expression_passes(r.landmarks)]
-        else:
-            chosen = [r for r in records if expressions.label(r.landmarks) == "neutral"]
-        chosen = chosen[:most]
+        chosen = photos_to_edit(records, to, most)
         counts = {"photos": len(chosen), "edited_reached": 0, "unedited_reached": 0, "edited_no_face": 0}
         counts["edited_reached_head_kept"] = 0
         shifts = {"edited": [], "unedited": []}
@@ -334,7 +426,8 @@ def main(argv):
     evaluate_probe(run_dir)
     edit_probe(run_dir)
     edit_measure(run_dir)
-    text = summary(run_dir) + "\n" + edit_summary(run_dir)
+    edit_judge(run_dir)
+    text = summary(run_dir) + "\n" + edit_summary(run_dir) + "\n" + judge_summary(run_dir)
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
     print(pair_statistics(run_dir))
