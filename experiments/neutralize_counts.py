@@ -10,7 +10,9 @@ paper does, dropping photos that smile or open the mouth (RUN/plain), and with -
 (RUN/neutralized), where such photos are edited towards neutral and kept if they then pass every
 filter. Prints and writes RUN/neutralize_counts.md: photos accepted, accepted after an edit,
 rejected for the expression, and identities with at least --min_photos_per_identity photos (the
-ones the paper's data can average), and draws RUN/neutralized_examples.png (photos kept only
+ones the paper's data can average); how the photos kept after an edit look to FER2013's expression
+model (normalized_faces/expression_judge.py) before and after it, next to photos the paper's filters
+accept (RUN/neutralize_judge.json); and draws RUN/neutralized_examples.png (photos kept only
 because of the edit: before | after). Each data prep is skipped when its metadata.json exists.
 """
 
@@ -90,39 +92,112 @@ def table(plain: dict, neutralized: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def examples_figure(run_dir: pathlib.Path, count: int = 8) -> pathlib.Path:
-    """RUN/neutralized_examples.png: photos the paper's filters drop for smiling or an open mouth and
-    --neutralize_with keeps, each aligned as data prep aligns it | after the export's edit (the
-    same edit data prep made, deterministic); `count` of them, evenly spread over how far the
-    dropped measure was past its threshold (the nearest first)."""
-    from PIL import Image
+def kept_by_the_edit(run_dir: pathlib.Path) -> list:
+    """rejected.jsonl records of the photos the paper's filters drop for smiling or an open mouth and
+    --neutralize_with keeps, nearest their threshold first."""
+    from data_prep.neutralize import EXPRESSION_REASONS
 
-    from data_prep.neutralize import EXPRESSION_REASONS, Neutralizer
-    from normalized_faces import visualize
+    still_rejected = rejected_by_name(run_dir, "neutralized")
+    kept = [
+        r
+        for name, r in rejected_by_name(run_dir, "plain").items()
+        if r["reason"] in EXPRESSION_REASONS and name not in still_rejected
+    ]
+    return sorted(kept, key=lambda r: r["value"] / r["threshold"])
+
+
+def rejected_by_name(run_dir: pathlib.Path, folder: str) -> dict:
+    # By file name: the two runs may have read the photos through different paths (LFW's names are unique).
+    lines = (run_dir / folder / "rejected.jsonl").read_text().splitlines()
+    return {pathlib.Path(r["path"]).name: r for r in map(json.loads, lines)}
+
+
+def aligned_and_edited(paths) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """The photos' largest faces aligned as data prep aligns them, and the export's edit of each (the
+    same edit data prep made, deterministic). Returns (paths found, crops, edits, landmarks)."""
+    from data_prep.neutralize import Neutralizer
     from normalized_faces.cli import collect_faces
 
-    def rejected(folder):
-        # By file name: the two runs may have read the photos through different paths (LFW's names are unique).
-        lines = (run_dir / folder / "rejected.jsonl").read_text().splitlines()
-        return {pathlib.Path(r["path"]).name: r for r in map(json.loads, lines)}
-
-    still_rejected = rejected("neutralized")
-    kept = [
-        r for name, r in rejected("plain").items() if r["reason"] in EXPRESSION_REASONS and name not in still_rejected
-    ]
-    kept.sort(key=lambda r: r["value"] / r["threshold"])
-    picks = [kept[i] for i in sorted(set(np.linspace(0, len(kept) - 1, count).astype(int)))] if kept else []
-    found, _ = collect_faces([(r["path"], None) for r in picks], report=lambda line: None)
-    neutralizer = Neutralizer(FLAGS.neutralize_with, FLAGS.neutralize_strength)
+    found, _ = collect_faces([(path, None) for path in paths], report=lambda line: None)
     found = [face for face in found if face.index == 0]  # the largest face, as data prep keeps it
+    neutralizer = Neutralizer(FLAGS.neutralize_with, FLAGS.neutralize_strength)
+    crops = np.stack([face.aligned.image for face in found])
+    points = np.stack([face.aligned.landmarks for face in found])
+    edits = np.stack([neutralizer(crop, landmarks) for crop, landmarks in zip(crops, points)])
+    return [str(face.photo_path) for face in found], crops, edits, points
+
+
+def examples_figure(run_dir: pathlib.Path, count: int = 8) -> pathlib.Path:
+    """RUN/neutralized_examples.png: photos kept only because of the edit, each aligned as data prep
+    aligns it | after the export's edit; `count` of them, evenly spread over how far the dropped
+    measure was past its threshold (the nearest first)."""
+    from PIL import Image
+
+    from normalized_faces import visualize
+
+    kept = kept_by_the_edit(run_dir)
+    picks = [kept[i] for i in sorted(set(np.linspace(0, len(kept) - 1, count).astype(int)))] if kept else []
+    paths, crops, edits, _ = aligned_and_edited([r["path"] for r in picks])
     by_path = {r["path"]: r for r in picks}
-    records = [by_path[str(face.photo_path)] for face in found]
-    rows = [[face.aligned.image, neutralizer(face.aligned.image, face.aligned.landmarks)] for face in found]
-    labels = [f"{r['reason']} {r['value']:.2f}" for r in records]
+    labels = [f"{by_path[path]['reason']} {by_path[path]['value']:.2f}" for path in paths]
     path = run_dir / "neutralized_examples.png"
+    rows = [list(pair) for pair in zip(crops, edits)]
     grid = visualize.image_grid(rows, labels=labels, column_titles=["dropped by the paper's filters", "kept, edited"])
     Image.fromarray(grid).save(path)
     return path
+
+
+@lfw_result.stage("the kept photos judged by their look (FER2013 expression model)")
+def judge_kept(run_dir: pathlib.Path, reference_count: int = 300):
+    """Do the photos kept after an edit look neutral? FER2013's expression model (never trained with
+    dlib's landmarks) on every photo kept only because of the edit, before and after it, next to
+    `reference_count` photos the paper's filters accept (seeded sample). Per set: mean P(happy), and
+    how many it calls happy / neutral (most probable emotion). RUN/neutralize_judge.json."""
+    import csv
+
+    from normalized_faces.cli import collect_faces
+    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+
+    path = run_dir / "neutralize_judge.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    judge = ExpressionJudge()
+
+    def judged(probabilities):
+        called = probabilities.argmax(axis=1)
+        return {
+            "photos": len(probabilities),
+            "p_happy": float(probabilities[:, EMOTIONS.index("happy")].mean()),
+            "called_happy": int((called == EMOTIONS.index("happy")).sum()),
+            "called_neutral": int((called == EMOTIONS.index("neutral")).sum()),
+        }
+
+    _, crops, edits, points = aligned_and_edited([r["path"] for r in kept_by_the_edit(run_dir)])
+    with (run_dir / "photos.csv").open() as file:
+        every = [row["path"] for row in csv.DictReader(file)]
+    dropped = rejected_by_name(run_dir, "plain")
+    accepted = [p for p in every if pathlib.Path(p).name not in dropped]
+    sample = [accepted[i] for i in np.random.default_rng(0).permutation(len(accepted))[:reference_count]]
+    found, _ = collect_faces([(p, None) for p in sample], report=lambda line: None)
+    found = [face for face in found if face.index == 0]
+    reference = judge(np.stack([f.aligned.image for f in found]), np.stack([f.aligned.landmarks for f in found]))
+    report = {
+        "accepted_by_the_paper's_filters": judged(reference),
+        "kept_after_an_edit_unedited": judged(judge(crops, points)),
+        "kept_after_an_edit_edited": judged(judge(edits, points)),
+    }
+    path.write_text(json.dumps(report, indent=2))
+    return report, True
+
+
+def judge_table(report: dict) -> str:
+    lines = ["| photos | count | mean P(happy) | called happy | called neutral |", "|---|---|---|---|---|"]
+    for name, row in report.items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {row['photos']} | {row['p_happy']:.2f} | {row['called_happy']} "
+            f"| {row['called_neutral']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv):
@@ -130,7 +205,7 @@ def main(argv):
     run_dir, people, split = lfw_result.start_run()
     plain = prepare_plain(run_dir, people, split)
     neutralized = prepare_neutralized(run_dir, people, split)
-    text = table(plain, neutralized)
+    text = table(plain, neutralized) + "\n" + judge_table(judge_kept(run_dir))
     (run_dir / "neutralize_counts.md").write_text(text)
     print(text)
     print(f"wrote {examples_figure(run_dir)}")
