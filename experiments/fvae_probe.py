@@ -257,6 +257,39 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     return report, True
 
 
+@lfw_result.stage("the expression judge on unedited validation photos, by dlib's label")
+def judge_calibration(run_dir: pathlib.Path):
+    """How FER2013's expression model sees validation photos dlib labels neutral, smile, open mouth:
+    mean P(happy) and photos called happy per label, and how well P(happy) tells smiles (and open
+    mouths) from neutral faces (AUC: the chance a random such photo scores above a random neutral
+    one). RUN/probes/judge_calibration.json (no model involved)."""
+    from scipy.stats import mannwhitneyu
+
+    from normalized_faces import expressions
+    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+
+    path = run_dir / "probes" / "judge_calibration.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    records = validation_records(run_dir)
+    probabilities = ExpressionJudge()(np.stack([r.image for r in records]), np.stack([r.landmarks for r in records]))
+    happy = probabilities[:, EMOTIONS.index("happy")]
+    labels = np.array([expressions.label(r.landmarks) for r in records])
+    report = {
+        label: {
+            "photos": int((labels == label).sum()),
+            "p_happy": float(happy[labels == label].mean()),
+            "called_happy": int((probabilities[labels == label].argmax(axis=1) == EMOTIONS.index("happy")).sum()),
+        }
+        for label in expressions.LABELS
+    }
+    for label in ("smile", "open_mouth"):
+        u = mannwhitneyu(happy[labels == label], happy[labels == "neutral"]).statistic
+        report[f"auc_{label}_vs_neutral"] = float(u / ((labels == label).sum() * (labels == "neutral").sum()))
+    path.write_text(json.dumps(report, indent=2))
+    return report, True
+
+
 def judge_summary(run_dir: pathlib.Path) -> str:
     """Every probe's edit_judge so far, one row per editing variant."""
     from normalized_faces.fvae.editing import EDIT_TARGETS
@@ -426,8 +459,10 @@ def main(argv):
     evaluate_probe(run_dir)
     edit_probe(run_dir)
     edit_measure(run_dir)
+    calibration = judge_calibration(run_dir)
     edit_judge(run_dir)
     text = summary(run_dir) + "\n" + edit_summary(run_dir) + "\n" + judge_summary(run_dir)
+    text += "\nThe judge on unedited validation photos by dlib's label: " + json.dumps(calibration) + "\n"
     (run_dir / "probes" / "summary.md").write_text(text)
     print(text)
     print(pair_statistics(run_dir))
