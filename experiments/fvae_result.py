@@ -51,9 +51,6 @@ flags.DEFINE_enum(
     "paper's label means.",
 )  # fmt: skip
 flags.DEFINE_bool("edit_relative", True, "Edit with g(S, Z_i) - g(S, Z(S)) (the default) or g(S, Z_i) (the paper's).")
-flags.DEFINE_bool(
-    "edit_hold_head", False, "Edit with the flow's affine motion of the head taken out (editing.without_head_motion)."
-)
 flags.DEFINE_float("edit_strength", 1.0, "Algorithm 1's step scaled by this (edit-expression's --strength).")
 flags.DEFINE_integer("pairs_per_person", 4, "Test pairs per test person with two photos or more.")
 
@@ -270,13 +267,12 @@ def editor_for(model_dir: pathlib.Path, model):
     from normalized_faces.fvae.editing import ExpressionEditor, directions_for_run
 
     directions = directions_for_run(model_dir, model, FLAGS.edit_directions)
-    return ExpressionEditor(model, directions, relative=FLAGS.edit_relative, hold_head=FLAGS.edit_hold_head)
+    return ExpressionEditor(model, directions, relative=FLAGS.edit_relative)
 
 
 def editing_variant() -> str:
     """A name for --edit_directions, --edit_relative and --edit_strength, for files of results that depend on them."""
     name = f"{FLAGS.edit_directions}_{'relative' if FLAGS.edit_relative else 'absolute'}"
-    name += "_held" if FLAGS.edit_hold_head else ""
     return name + (f"_x{FLAGS.edit_strength:g}" if FLAGS.edit_strength != 1.0 else "")
 
 

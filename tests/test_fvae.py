@@ -441,32 +441,6 @@ def test_paste_into_photo_moves_the_photo_by_the_flow():
     np.testing.assert_array_equal(moved[:5, :5], ramp[:5, :5])  # outside the crop: untouched
 
 
-def test_without_head_motion_removes_the_heads_affine_motion_and_keeps_the_mouths():
-    """A flow that is an affine map (a different one per photo) plus a bump over the mouth, zero at
-    every head-bound landmark: what is left is the bump alone, and the head-bound landmarks stay
-    put. An affine flow alone leaves nothing."""
-    from normalized_faces import landmarks as lm
-    from normalized_faces.fvae.editing import without_head_motion
-
-    points = np.stack([lm.template_landmarks(224), lm.template_landmarks(224) + [6.0, -4.0]])  # [2, 68, 2]
-    ys, xs = np.meshgrid(np.linspace(-1, 1, 128), np.linspace(-1, 1, 128), indexing="ij")
-    grid = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
-    affine = np.array([[[0.05, -0.02], [0.01, 0.03], [0.02, -0.04]], [[-0.03, 0.0], [0.02, 0.01], [0.0, 0.05]]])
-    affine_flow = np.einsum("hwk,bkc->bhwc", grid, affine).astype(np.float32)
-    np.testing.assert_allclose(without_head_motion(affine_flow, points, 224), 0.0, atol=1e-5)
-
-    bump = np.zeros_like(affine_flow)
-    mouth = points[:, lm.OUTER_MOUTH] * 127 / 223  # on the 128 grid
-    head = points[:, lm.POSE_LANDMARKS] * 127 / 223
-    for b in range(2):
-        (x0, y0), (x1, y1) = np.floor(mouth[b].min(0)).astype(int), np.ceil(mouth[b].max(0)).astype(int)
-        inside = (head[b] >= [x0 - 1, y0 - 1]) & (head[b] <= [x1 + 1, y1 + 1])
-        assert not inside.all(axis=1).any(), "the bump must not reach a head-bound landmark"
-        bump[b, y0 : y1 + 1, x0 : x1 + 1, 1] = 0.04  # the mouth pulled down
-    held = without_head_motion(affine_flow + bump, points, 224).numpy()
-    np.testing.assert_allclose(held, bump, atol=1e-5)
-
-
 @pytest.mark.slow
 def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     """train_main --method=fvae on photo records, resumed; edit-expression on real photos (lfw10)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from normalized_faces import expressions, warp
+from normalized_faces import expressions
 from normalized_faces import landmarks as lm
 from normalized_faces.config import RUN_CONFIG_FILE, TrainConfig
 from normalized_faces.fvae import losses
@@ -52,35 +52,6 @@ def apply_normalized_flow(images, flow):
     size = images.shape[1]
     moved = fvae.apply_flow(tf.cast(images, tf.float32), fvae.upsample_flow(flow, size, size))
     return moved.numpy()
-
-
-def without_head_motion(flow, landmarks, crop_size: int):
-    """The flow less the affine motion it gives the head: an expression edit should move the mouth,
-    not the head, and on LFW a latent step also carries some pose (relative flows and pose-alike steps
-    reduce it, a strong step brings it back).
-
-    Fits, per photo, the affine map A that best explains (least squares) the flow at the head-bound
-    landmarks (landmarks.POSE_LANDMARKS: upper jaw, nose, eyes), and subtracts A applied to every
-    pixel's position, so those landmarks stay (up to the flow's non-affine part) where they were.
-
-    Args:
-      flow: [B, h, w, 2] normalized-coordinate flow (x, y); (h, w) any size.
-      landmarks: [B, 68, 2] (x, y) pixels of the photos' crops, crop_size x crop_size.
-    Returns:
-      [B, h, w, 2], the same units.
-    """
-    flow = tf.convert_to_tensor(flow, tf.float32)
-    height, width = flow.shape[1], flow.shape[2]
-    # Normalized coordinates: -1 at the centre of the first pixel, +1 at the last one's (losses.flow_pixel_scale).
-    head = tf.gather(tf.cast(landmarks, tf.float32), lm.POSE_LANDMARKS, axis=1) / (crop_size - 1) * 2.0 - 1.0
-    at_head = warp.bilinear_sample(
-        flow, (head[..., 0] + 1.0) / 2.0 * (width - 1), (head[..., 1] + 1.0) / 2.0 * (height - 1)
-    )
-    design = tf.concat([head, tf.ones_like(head[..., :1])], axis=-1)  # [B, K, 3]
-    affine = tf.linalg.lstsq(design, at_head)  # [B, 3, 2]
-    ys, xs = tf.meshgrid(tf.linspace(-1.0, 1.0, height), tf.linspace(-1.0, 1.0, width), indexing="ij")
-    grid = tf.stack([xs, ys, tf.ones_like(xs)], axis=-1)  # [h, w, 3]
-    return flow - tf.einsum("hwk,bkc->bhwc", grid, affine)
 
 
 def expression_directions(
@@ -176,7 +147,7 @@ class ExpressionEditor:
     pattern every edit would then carry. Relative, step 0 is the photo itself.
     """
 
-    def __init__(self, model, directions: dict, relative: bool = True, hold_head: bool = False):
+    def __init__(self, model, directions: dict, relative: bool = True):
         photos = dict(zip(expressions.LABELS, directions["label_photos"]))
         missing = [label for label in EDIT_TARGETS if not photos.get(label)]
         if missing:
@@ -185,16 +156,14 @@ class ExpressionEditor:
             )
         if model.output_kind != "flow":
             raise ValueError("editing needs the flow model (fvae_output=flow); the rgb model is the paper's baseline")
-        self.model, self.directions, self.relative, self.hold_head = model, directions, relative, hold_head
+        self.model, self.directions, self.relative = model, directions, relative
 
     @classmethod
-    def from_run(
-        cls, model_dir, directions: str = "paired", relative: bool = True, hold_head: bool = False
-    ) -> "ExpressionEditor":
+    def from_run(cls, model_dir, directions: str = "paired", relative: bool = True) -> "ExpressionEditor":
         from normalized_faces import inference
 
         model = inference.restore_training_model(model_dir)
-        return cls(model, directions_for_run(model_dir, model, directions), relative, hold_head)
+        return cls(model, directions_for_run(model_dir, model, directions), relative)
 
     def direction(self, landmarks, to: str) -> np.ndarray:
         """The latent step [h, w, D] from the photo's own expression label (from its landmarks) to `to`."""
@@ -217,8 +186,6 @@ class ExpressionEditor:
         faces, flows = [], []
         for step_latents in tf.unstack(edits):
             flow = self.model.decode(images, step_latents, with_mask=False)["flow"] - unedited
-            if self.hold_head:
-                flow = without_head_motion(flow, landmarks, np.shape(aligned_faces)[1])
             flows.append(flow.numpy())
             faces.append(np.clip(np.round(apply_normalized_flow(aligned_faces, flow)), 0, 255).astype(np.uint8))
         return {"faces": np.stack(faces), "flows": np.stack(flows)}
