@@ -212,7 +212,7 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     RUN/probes/<probe>/probe_edit_judge_<variant>.json, one entry per target, and the neutral
     validation photos' own figures for reference."""
     from normalized_faces import expressions, inference
-    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+    from normalized_faces.expression_judge import ExpressionJudge, verdict
     from normalized_faces.fvae.editing import EDIT_TARGETS
 
     probe_dir = run_dir / "probes" / FLAGS.probe
@@ -223,18 +223,9 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     judge = ExpressionJudge()
     records = validation_records(run_dir)
 
-    def judged(probabilities):
-        return {
-            "mean": dict(zip(EMOTIONS, map(float, probabilities.mean(axis=0)))),
-            "called_happy": int((probabilities.argmax(axis=1) == EMOTIONS.index("happy")).sum()),
-        }
-
     neutral = [r for r in records if expressions.label(r.landmarks) == "neutral"]
     report = {
-        "neutral_photos": {
-            "photos": len(neutral),
-            **judged(judge([r.image for r in neutral], [r.landmarks for r in neutral])),
-        }
+        "neutral_photos": verdict(judge(np.stack([r.image for r in neutral]), np.stack([r.landmarks for r in neutral])))
     }
     for to in EDIT_TARGETS:
         chosen = photos_to_edit(records, to, most)
@@ -250,8 +241,8 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
         )
         report[to] = {
             "photos": len(chosen),
-            "unedited": judged(judge(faces, points)),
-            "edited": judged(judge(edited, points)),
+            "unedited": verdict(judge(faces, points)),
+            "edited": verdict(judge(edited, points)),
         }
     path.write_text(json.dumps(report, indent=2))
     return report, True
@@ -266,7 +257,7 @@ def judge_calibration(run_dir: pathlib.Path):
     from scipy.stats import mannwhitneyu
 
     from normalized_faces import expressions
-    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge, verdict
 
     path = run_dir / "probes" / "judge_calibration.json"
     if path.exists():
@@ -275,14 +266,7 @@ def judge_calibration(run_dir: pathlib.Path):
     probabilities = ExpressionJudge()(np.stack([r.image for r in records]), np.stack([r.landmarks for r in records]))
     happy = probabilities[:, EMOTIONS.index("happy")]
     labels = np.array([expressions.label(r.landmarks) for r in records])
-    report = {
-        label: {
-            "photos": int((labels == label).sum()),
-            "p_happy": float(happy[labels == label].mean()),
-            "called_happy": int((probabilities[labels == label].argmax(axis=1) == EMOTIONS.index("happy")).sum()),
-        }
-        for label in expressions.LABELS
-    }
+    report = {label: verdict(probabilities[labels == label]) for label in expressions.LABELS}
     for label in ("smile", "open_mouth"):
         u = mannwhitneyu(happy[labels == label], happy[labels == "neutral"]).statistic
         report[f"auc_{label}_vs_neutral"] = float(u / ((labels == label).sum() * (labels == "neutral").sum()))

@@ -156,21 +156,12 @@ def judge_kept(run_dir: pathlib.Path, reference_count: int = 300):
     import csv
 
     from normalized_faces.cli import collect_faces
-    from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge
+    from normalized_faces.expression_judge import ExpressionJudge, verdict
 
     path = run_dir / "neutralize_judge.json"
     if path.exists():
         return json.loads(path.read_text()), False
     judge = ExpressionJudge()
-
-    def judged(probabilities):
-        called = probabilities.argmax(axis=1)
-        return {
-            "photos": len(probabilities),
-            "p_happy": float(probabilities[:, EMOTIONS.index("happy")].mean()),
-            "called_happy": int((called == EMOTIONS.index("happy")).sum()),
-            "called_neutral": int((called == EMOTIONS.index("neutral")).sum()),
-        }
 
     _, crops, edits, points = aligned_and_edited([r["path"] for r in kept_by_the_edit(run_dir)])
     with (run_dir / "photos.csv").open() as file:
@@ -182,9 +173,9 @@ def judge_kept(run_dir: pathlib.Path, reference_count: int = 300):
     found = [face for face in found if face.index == 0]
     reference = judge(np.stack([f.aligned.image for f in found]), np.stack([f.aligned.landmarks for f in found]))
     report = {
-        "accepted_by_the_paper's_filters": judged(reference),
-        "kept_after_an_edit_unedited": judged(judge(crops, points)),
-        "kept_after_an_edit_edited": judged(judge(edits, points)),
+        "accepted_by_the_paper's_filters": verdict(reference),
+        "kept_after_an_edit_unedited": verdict(judge(crops, points)),
+        "kept_after_an_edit_edited": verdict(judge(edits, points)),
     }
     path.write_text(json.dumps(report, indent=2))
     return report, True
@@ -194,7 +185,7 @@ def judge_table(report: dict) -> str:
     lines = ["| photos | count | mean P(happy) | called happy | called neutral |", "|---|---|---|---|---|"]
     for name, row in report.items():
         lines.append(
-            f"| {name.replace('_', ' ')} | {row['photos']} | {row['p_happy']:.2f} | {row['called_happy']} "
+            f"| {name.replace('_', ' ')} | {row['photos']} | {row['mean']['happy']:.2f} | {row['called_happy']} "
             f"| {row['called_neutral']} |"
         )
     return "\n".join(lines) + "\n"

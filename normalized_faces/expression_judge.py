@@ -92,3 +92,16 @@ class ExpressionJudge:
     def happy(self, images, landmarks) -> np.ndarray:
         """[N] P(happy): the judge's word on a smile."""
         return self(images, landmarks)[:, EMOTIONS.index("happy")]
+
+
+def verdict(probabilities) -> dict:
+    """A set of faces' judgement, [N, 7] probabilities -> {"photos", "mean": {emotion: mean
+    probability}, "called_happy", "called_neutral": how many it gives that as most probable}."""
+    probabilities = np.asarray(probabilities)
+    called = probabilities.argmax(axis=1)
+    return {
+        "photos": len(probabilities),
+        "mean": {emotion: float(p) for emotion, p in zip(EMOTIONS, probabilities.mean(axis=0))},
+        "called_happy": int((called == EMOTIONS.index("happy")).sum()),
+        "called_neutral": int((called == EMOTIONS.index("neutral")).sum()),
+    }

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from normalized_faces import expression_judge
-from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge, face_boxes
+from normalized_faces.expression_judge import EMOTIONS, ExpressionJudge, face_boxes, verdict
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "normalized_faces" / "samples"
 
@@ -53,3 +53,10 @@ def test_missing_or_altered_weights_say_what_to_do(monkeypatch):
     monkeypatch.setattr(expression_judge, "WEIGHTS_SHA256", "0" * 64)
     with pytest.raises(ValueError, match=r"emotion_model\.hdf5: sha256 5953.*expected 0000"):
         expression_judge.weights_path()
+
+
+def test_verdict_by_hand():
+    happy, neutral, sad = (np.eye(len(EMOTIONS))[EMOTIONS.index(e)] for e in ("happy", "neutral", "sad"))
+    judged = verdict(np.stack([happy, 0.6 * happy + 0.4 * neutral, neutral, sad]))
+    assert judged["photos"] == 4 and judged["called_happy"] == 2 and judged["called_neutral"] == 1
+    assert judged["mean"]["happy"] == pytest.approx(1.6 / 4) and judged["mean"]["sad"] == pytest.approx(0.25)
