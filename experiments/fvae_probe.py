@@ -274,30 +274,51 @@ def judge_calibration(run_dir: pathlib.Path):
     return report, True
 
 
-def judge_summary(run_dir: pathlib.Path) -> str:
-    """Every probe's edit_judge so far, one row per editing variant."""
+def variant_results(run_dir: pathlib.Path, kind: str):
+    """(probe, editing variant, results) of every RUN/probes/<probe>/probe_<kind>_<variant>.json, by name."""
+    for path in sorted((run_dir / "probes").glob(f"*/probe_{kind}_*.json")):
+        variant = path.stem[len(f"probe_{kind}_") :].replace("label_means", "label-means").replace("_", " ")
+        yield path.parent.name, variant, json.loads(path.read_text())
+
+
+def variant_table(run_dir: pathlib.Path, kind: str, target_title: str, last_title: str, target_cell, last_cell) -> str:
+    """One row per probe and editing variant of `kind` results: a cell per edit target, and a last one."""
     from normalized_faces.fvae.editing import EDIT_TARGETS
 
     lines = [
         "| probe | edit steps, flow | "
-        + " | ".join(f"to {to}: P(happy) unedited -> edited, called happy" for to in EDIT_TARGETS)
-        + " | neutral photos: P(happy), called happy |",
+        + " | ".join(f"to {to}: {target_title}" for to in EDIT_TARGETS)
+        + f" | {last_title} |",
         "|---|---|" + "---|" * len(EDIT_TARGETS) + "---|",
     ]
-    for path in sorted((run_dir / "probes").glob("*/probe_edit_judge_*.json")):
-        r = json.loads(path.read_text())
-        variant = path.stem[len("probe_edit_judge_") :].replace("label_means", "label-means").replace("_", " ")
-        cells = []
-        for to in EDIT_TARGETS:
-            before, after = r[to]["unedited"], r[to]["edited"]
-            cells.append(
-                f"{before['mean']['happy']:.2f} -> {after['mean']['happy']:.2f}, "
-                f"{before['called_happy']} -> {after['called_happy']} / {r[to]['photos']}"
-            )
-        neutral = r["neutral_photos"]
-        reference = f"{neutral['mean']['happy']:.2f}, {neutral['called_happy']} / {neutral['photos']}"
-        lines.append(f"| {path.parent.name} | {variant} | " + " | ".join(cells) + f" | {reference} |")
+    for probe, variant, r in variant_results(run_dir, kind):
+        cells = [target_cell(r[to]) for to in EDIT_TARGETS]
+        lines.append(f"| {probe} | {variant} | " + " | ".join(cells) + f" | {last_cell(r)} |")
     return "\n".join(lines) + "\n"
+
+
+def judge_summary(run_dir: pathlib.Path) -> str:
+    """Every probe's edit_judge so far, one row per editing variant."""
+
+    def target_cell(m):
+        before, after = m["unedited"], m["edited"]
+        return (
+            f"{before['mean']['happy']:.2f} -> {after['mean']['happy']:.2f}, "
+            f"{before['called_happy']} -> {after['called_happy']} / {m['photos']}"
+        )
+
+    def reference(r):
+        neutral = r["neutral_photos"]
+        return f"{neutral['mean']['happy']:.2f}, {neutral['called_happy']} / {neutral['photos']}"
+
+    return variant_table(
+        run_dir,
+        "edit_judge",
+        "P(happy) unedited -> edited, called happy",
+        "neutral photos: P(happy), called happy",
+        target_cell,
+        reference,
+    )
 
 
 @lfw_result.stage("probe: validation photos edited, landmarks found again")
@@ -362,29 +383,24 @@ def edit_measure(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
 
 def edit_summary(run_dir: pathlib.Path) -> str:
     """Every probe's edit measures so far, one row per editing variant."""
-    from normalized_faces.fvae.editing import EDIT_TARGETS
 
-    lines = [
-        "| probe | edit steps, flow | "
-        + " | ".join(f"to {to}: reached, head kept (unedited) / photos" for to in EDIT_TARGETS)
-        + " | head shift p50 edited (unedited) px |",
-        "|---|---|" + "---|" * len(EDIT_TARGETS) + "---|",
-    ]
-    for path in sorted((run_dir / "probes").glob("*/probe_edit_measure_*.json")):
-        r = json.loads(path.read_text())
-        variant = path.stem[len("probe_edit_measure_") :].replace("label_means", "label-means").replace("_", " ")
-        cells = []
-        for to in EDIT_TARGETS:
-            m = r[to]
-            cells.append(
-                f"{m['edited_reached']}, {m['edited_reached_head_kept']} ({m['unedited_reached']}) / {m['photos']}"
-            )
+    def target_cell(m):
+        return f"{m['edited_reached']}, {m['edited_reached_head_kept']} ({m['unedited_reached']}) / {m['photos']}"
+
+    def head_shift(r):
         neutral = r["neutral"]
-        shift = ""
         if "edited_head_shift_px" in neutral and "unedited_head_shift_px" in neutral:
-            shift = f"{neutral['edited_head_shift_px']['p50']:.1f} ({neutral['unedited_head_shift_px']['p50']:.1f})"
-        lines.append(f"| {path.parent.name} | {variant} | " + " | ".join(cells) + f" | {shift} |")
-    return "\n".join(lines) + "\n"
+            return f"{neutral['edited_head_shift_px']['p50']:.1f} ({neutral['unedited_head_shift_px']['p50']:.1f})"
+        return ""
+
+    return variant_table(
+        run_dir,
+        "edit_measure",
+        "reached, head kept (unedited) / photos",
+        "head shift p50 edited (unedited) px",
+        target_cell,
+        head_shift,
+    )
 
 
 def pair_statistics(run_dir: pathlib.Path) -> str:
