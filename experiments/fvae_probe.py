@@ -211,7 +211,7 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     smile: towards neutral it should fall to a neutral face's, towards smile rise.
     RUN/probes/<probe>/probe_edit_judge_<variant>.json, one entry per target, and the neutral
     validation photos' own figures for reference."""
-    from normalized_faces import expressions, inference
+    from normalized_faces import inference
     from normalized_faces.expression_judge import ExpressionJudge, verdict
     from normalized_faces.fvae.editing import EDIT_TARGETS
 
@@ -223,10 +223,8 @@ def edit_judge(run_dir: pathlib.Path, batch_size: int = 16, most: int = 200):
     judge = ExpressionJudge()
     records = validation_records(run_dir)
 
-    neutral = [r for r in records if expressions.label(r.landmarks) == "neutral"]
-    report = {
-        "neutral_photos": verdict(judge(np.stack([r.image for r in neutral]), np.stack([r.landmarks for r in neutral])))
-    }
+    # The reference: the neutral validation photos as judge_calibration judged them (not judged again).
+    report = {"neutral_photos": judge_calibration(run_dir)["neutral"]}
     for to in EDIT_TARGETS:
         chosen = photos_to_edit(records, to, most)
         faces = np.stack([r.image for r in chosen])
