@@ -485,6 +485,62 @@ def test_identity_loss_rendered_as_a_chip_agrees_with_rendering_the_frame(tmp_pa
         _model(_tiny(tmp_path, tiny_data_dir, identity_render="mesh"), tiny_data_dir)
 
 
+def test_training_gradients_of_the_fast_paths_match_the_plain_tensorflow_formulation(tmp_path, tiny_data_dir):
+    """The step's gradients, every variable and each loss, with the warp's fused kernels and every
+    fast_ops form (what training runs) against TF's own ops (warp.portable_ops, direct_formulations).
+
+    The landmark decoder's bias is moved off the mean landmarks first, so the warp renders a real
+    deformation (at the mean landmarks the flow is zero and the warp's gradients are degenerate).
+    """
+    from normalized_faces import fast_ops, warp
+
+    model = _model(_tiny(tmp_path, tiny_data_dir, identity_flow_stride=2), tiny_data_dir)
+    rng = np.random.default_rng(3)
+    bias = model.landmark_decoder.offsets.bias
+    bias.assign(rng.normal(scale=3.0, size=bias.shape).astype(np.float32))  # pixels: a few px per landmark
+    batch = _batch(tiny_data_dir)
+
+    def gradients():
+        @tf.function
+        def step(batch):
+            with tf.GradientTape(persistent=True) as tape:
+                losses = model.compute_losses(batch, training=True)
+            names = ("texture_loss", "landmark_loss", "identity_loss")
+            return {name: tape.gradient(losses[name], model.trainable_variables) for name in names}
+
+        # None: a loss that does not reach the variable (the landmark loss, the texture decoder).
+        variables = model.trainable_variables
+        return {
+            name: [np.zeros(v.shape) if g is None else g.numpy() for v, g in zip(variables, grads)]
+            for name, grads in step(batch).items()
+        }
+
+    with fast_ops.every_fast_formulation():
+        fast = gradients()
+    with warp.portable_ops(), fast_ops.direct_formulations():
+        plain = gradients()
+        # How much the plain gradients themselves move when every landmark moves by 1e-4 px (about
+        # float32's rounding of a position): the identity loss's gradient comes back through a deep
+        # ReLU / max-pool network, where such a nudge flips units, so it moves by ~4e-3 of its norm
+        # (measured) while the texture and landmark losses' gradients barely move.
+        bias.assign_add(np.full(bias.shape, 1e-4, np.float32))
+        nudged = gradients()
+
+    def relative(a, b):
+        scale = np.linalg.norm(b)
+        return np.linalg.norm(a - b) / scale if scale > 0 else np.linalg.norm(a)
+
+    for name in fast:
+        floor = max(relative(n, p) for n, p in zip(nudged[name], plain[name]))
+        # A wrong term (a misplaced sample, a lost scatter, a transposed gradient) moves a gradient
+        # by a large part of its norm; rounding in another summation order stays near the floor.
+        tolerance = max(1e-4, 5 * floor)
+        print(f"{name}: 1e-4 px nudge moves the gradients by {floor:.1e} (tolerance {tolerance:.1e})")
+        for variable, f, p in zip(model.trainable_variables, fast[name], plain[name]):
+            difference = relative(f, p)
+            assert difference < tolerance, f"{name} gradient of {variable.path}: relative difference {difference:.2e}"
+
+
 def test_fused_adam_updates_exactly_as_keras_adam(rng):
     from normalized_faces.optim import FusedAdam
 
