@@ -494,6 +494,7 @@ def test_training_gradients_of_the_fast_paths_match_the_plain_tensorflow_formula
     """
     from normalized_faces import fast_ops, warp
 
+    keras.utils.set_random_seed(0)  # the same weights every run: the floor below is then reproducible
     model = _model(_tiny(tmp_path, tiny_data_dir, identity_flow_stride=2), tiny_data_dir)
     rng = np.random.default_rng(3)
     bias = model.landmark_decoder.offsets.bias
@@ -521,7 +522,7 @@ def test_training_gradients_of_the_fast_paths_match_the_plain_tensorflow_formula
         plain = gradients()
         # How much the plain gradients themselves move when every landmark moves by 1e-4 px (about
         # float32's rounding of a position): the identity loss's gradient comes back through a deep
-        # ReLU / max-pool network, where such a nudge flips units, so it moves by ~4e-3 of its norm
+        # ReLU / max-pool network, where such a nudge flips units, so it moves by 5e-3 to 1e-2 of its norm
         # (measured) while the texture and landmark losses' gradients barely move.
         bias.assign_add(np.full(bias.shape, 1e-4, np.float32))
         nudged = gradients()
@@ -535,9 +536,9 @@ def test_training_gradients_of_the_fast_paths_match_the_plain_tensorflow_formula
         # A wrong term (a misplaced sample, a lost scatter, a transposed gradient) moves a gradient
         # by a large part of its norm; rounding in another summation order stays near the floor.
         tolerance = max(1e-4, 5 * floor)
-        print(f"{name}: 1e-4 px nudge moves the gradients by {floor:.1e} (tolerance {tolerance:.1e})")
-        for variable, f, p in zip(model.trainable_variables, fast[name], plain[name]):
-            difference = relative(f, p)
+        differences = [relative(f, p) for f, p in zip(fast[name], plain[name])]
+        print(f"{name}: fast vs plain {max(differences):.1e}; a 1e-4 px nudge {floor:.1e} (tolerance {tolerance:.1e})")
+        for variable, difference in zip(model.trainable_variables, differences):
             assert difference < tolerance, f"{name} gradient of {variable.path}: relative difference {difference:.2e}"
 
 
