@@ -57,6 +57,8 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("grid_people", 8, "Test people in the result grid.")
 
+# Who judges every model these experiments train: dlib's network (never trained with) and FaceNet.
+JUDGES = ("dlib_resnet", "facenet")
 VARIANTS = {"with_identity": "with the identity loss", "without_identity": "without (ablation)"}
 
 
@@ -198,7 +200,7 @@ def make_evaluation_stage(name, label=None):
         report_path = output_dir / "report.json"
         if report_path.exists() and report_path.stat().st_mtime > _latest_checkpoint_time(run_dir / name):
             return json.loads(report_path.read_text()), False
-        return evaluate.evaluate(str(run_dir / name), items, output_dir, judges=["dlib_resnet", "facenet"]), True
+        return evaluate.evaluate(str(run_dir / name), items, output_dir, judges=list(JUDGES)), True
 
     return evaluate_variant
 
@@ -292,7 +294,7 @@ def results_markdown(reports: dict, data_counts: dict, times: dict) -> str:
         "| judge | model | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
         "|---|---|---|---|---|---|",
     ]
-    for judge in ("dlib_resnet", "facenet"):
+    for judge in JUDGES:
         for name, label in VARIANTS.items():
             lines.append(f"| {judge} | normalized, {label} | {cells(reports[name]['judges'][judge]['normalized'])}")
         lines += reference_rows(judge, reports["with_identity"]["judges"][judge])

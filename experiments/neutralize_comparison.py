@@ -72,10 +72,8 @@ FIGURES = ("rank1", "rank5", "genuine", "impostor")
 
 def over_seeds(figures: list) -> dict:
     """{figure: (mean, min, max)} over the seeds' figure dicts."""
-    return {
-        key: (np.mean([f[key] for f in figures]), min(f[key] for f in figures), max(f[key] for f in figures))
-        for key in FIGURES
-    }
+    by_key = {key: [f[key] for f in figures] for key in FIGURES}
+    return {key: (np.mean(values), min(values), max(values)) for key, values in by_key.items()}
 
 
 def table(results: dict) -> str:
@@ -89,7 +87,7 @@ def table(results: dict) -> str:
             f"| {ARMS[arm]} | {counts.get('identities_with_enough_photos')} | {counts.get('accepted')} "
             f"({counts.get('neutralized', 0)})"
         )
-        for judge in ("dlib_resnet", "facenet"):
+        for judge in lfw_result.JUDGES:
             figures = [report["judges"][judge]["normalized"] for report in reports]
             for seed, seed_figures in enumerate(figures):
                 lines.append(f"{data_cells} | {judge} | {seed} | {lfw_result.cells(seed_figures)}")
@@ -119,7 +117,7 @@ def main(argv):
                 arm: {
                     "data": counts,
                     "normalized_by_seed": [
-                        {judge: report["judges"][judge]["normalized"] for judge in ("dlib_resnet", "facenet")}
+                        {judge: report["judges"][judge]["normalized"] for judge in lfw_result.JUDGES}
                         for report in reports
                     ],
                 }

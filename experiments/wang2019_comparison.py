@@ -115,7 +115,7 @@ def evaluate_shipped_model(run_dir: pathlib.Path, items):
     output_dir = run_dir / "evaluation_shipped"
     if (output_dir / "report.json").exists():
         return json.loads((output_dir / "report.json").read_text()), False
-    return evaluate.evaluate(None, items, output_dir, judges=["dlib_resnet", "facenet"]), True
+    return evaluate.evaluate(None, items, output_dir, judges=list(lfw_result.JUDGES)), True
 
 
 def table(reports: dict, steps: dict) -> str:
@@ -124,7 +124,7 @@ def table(reports: dict, steps: dict) -> str:
         "| judge | model | training steps | rank-1 | rank-5 | genuine within threshold | impostor within threshold |",
         "|---|---|---|---|---|---|---|",
     ]
-    for judge in ("dlib_resnet", "facenet"):
+    for judge in lfw_result.JUDGES:
         for name, report in reports.items():
             figures = lfw_result.cells(report["judges"][judge]["normalized"])
             lines.append(f"| {judge} | {name} | {steps.get(name, '')} | {figures}")
