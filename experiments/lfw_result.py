@@ -210,33 +210,53 @@ def test_items(people, split):
     return [(str(p), name, None) for name in split["test"] for p in people[name][: FLAGS.test_photos_per_person]]
 
 
-def result_grid(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
-    """photo | normalized | adjusted | without the identity loss, for `count` test people (their first photo)."""
-    import cv2
-
-    from normalized_faces import adjust, inference, visualize
+def test_people_photos(people, split, count: int) -> np.ndarray:
+    """The aligned first photos of `count` test people evenly spread over the split: uint8 [N, S, S, 3]
+    (the largest face of each)."""
     from normalized_faces.cli import collect_faces
 
     names = [split["test"][i] for i in np.linspace(0, len(split["test"]) - 1, count).astype(int)]
     found, _ = collect_faces([(people[name][0], None) for name in names])
-    found = [face for face in found if face.index == 0]
-    models = {name: inference.load_model(str(run_dir / name)) for name in VARIANTS}
-    crops = np.stack([face.aligned.image for face in found]).astype(np.float32) / 255.0
-    outputs = {name: model(crops)["normalized_face"] for name, model in models.items()}
-    rows = []
-    for i, face in enumerate(found):
-        normalized = outputs["with_identity"][i]
-        adjusted = adjust.adjust_photo(face.aligned.image, face.aligned.image, normalized)
-        rows.append([face.aligned.image, normalized, adjusted, outputs["without_identity"][i]])
-    grid = visualize.image_grid(rows, column_titles=["photo", "normalized", "adjusted", "no identity loss"])
-    # Half size: a small result figure (README figures stay under 300 KB; LFW photos only as such).
-    grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    path = run_dir / "results_grid.png"
+    return np.stack([face.aligned.image for face in found if face.index == 0])
+
+
+def normalize_test_people(people, split, count: int, model_dirs: dict):
+    """test_people_photos, each normalized by every model in model_dirs ({name: folder}). Returns
+    (photos uint8 [N, S, S, 3], {name: normalized faces uint8 [N, S, S, 3]})."""
+    from normalized_faces import inference
+
+    photos = test_people_photos(people, split, count)
+    crops = photos.astype(np.float32) / 255.0
+    return photos, {
+        name: inference.load_model(str(folder))(crops)["normalized_face"] for name, folder in model_dirs.items()
+    }
+
+
+def save_small_grid(rows, column_titles, path: pathlib.Path) -> pathlib.Path:
+    """visualize.image_grid of the rows at half size in a 256-colour palette: a README figure (they
+    stay under 300 KB; full colour would be ~550 KB, with no visible difference; LFW photos only as such)."""
+    import cv2
     from PIL import Image
 
-    # A 256-colour palette keeps the figure ~200 KB (full colour: 550 KB) with no visible change.
+    from normalized_faces import visualize
+
+    grid = visualize.image_grid(rows, column_titles=column_titles)
+    grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)
     Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
     return path
+
+
+def result_grid(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
+    """photo | normalized | adjusted | without the identity loss, for `count` test people (their first photo)."""
+    from normalized_faces import adjust
+
+    photos, outputs = normalize_test_people(people, split, count, {name: run_dir / name for name in VARIANTS})
+    rows = [
+        [photo, normalized, adjust.adjust_photo(photo, photo, normalized), without]
+        for photo, normalized, without in zip(photos, outputs["with_identity"], outputs["without_identity"])
+    ]
+    titles = ["photo", "normalized", "adjusted", "no identity loss"]
+    return save_small_grid(rows, titles, run_dir / "results_grid.png")
 
 
 def fig12_histogram(run_dir: pathlib.Path, reports: dict) -> pathlib.Path:

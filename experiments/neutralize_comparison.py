@@ -14,13 +14,15 @@ per seed (initial weights and data order): two runs of the same recipe on the sa
 rank-1 40.1% and 57.0% at 500 steps (README, Results), so one run per arm cannot tell the data's
 effect from a run's luck. Prints and writes RUN/neutralize_comparison.md: people averaged and photos
 kept per arm, and the test people's identification by dlib (not trained with) and FaceNet, per
-seed and as the mean and range over seeds.
+seed and as the mean and range over seeds, and RUN/neutralize_comparison_grid.png: test people's
+normalized faces from every arm and seed (--figures_dir: copied there too).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 from absl import app, flags
@@ -65,6 +67,17 @@ def run_arm(arm_dir: pathlib.Path, people, split, items, prep_options: dict) -> 
         lfw_result.make_training_stage(name, label, seeded_config(seed))(arm_dir)
         reports.append(lfw_result.make_evaluation_stage(name, label)(arm_dir, items))
     return counts, reports
+
+
+def seeds_grid(run_dir: pathlib.Path, people, split, arms, count: int) -> pathlib.Path:
+    """photo | each arm's normalized face from every seed, for `count` test people (lfw_result's
+    grid people): how much the seeds' faces differ, beside how much the arms' do."""
+    short = {"plain": "paper's data", "neutralized": "neutralized"}
+    runs = {(arm, seed): run_dir / arm / run_name(seed) for arm in arms for seed in range(FLAGS.seeds)}
+    photos, outputs = lfw_result.normalize_test_people(people, split, count, runs)
+    rows = [[photo, *(outputs[run][i] for run in runs)] for i, photo in enumerate(photos)]
+    titles = ["photo", *(f"{short[arm]}, seed {seed}" for arm, seed in runs)]
+    return lfw_result.save_small_grid(rows, titles, run_dir / "neutralize_comparison_grid.png")
 
 
 FIGURES = ("rank1", "rank5", "genuine", "impostor")
@@ -127,7 +140,12 @@ def main(argv):
             default=float,
         )
     )
+    grid = seeds_grid(run_dir, people, split, ARMS, FLAGS.grid_people)
+    if FLAGS.figures_dir:
+        pathlib.Path(FLAGS.figures_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy(grid, pathlib.Path(FLAGS.figures_dir) / grid.name)
     print(text)
+    print(f"faces of {FLAGS.grid_people} test people by arm and seed: {grid}")
 
 
 if __name__ == "__main__":

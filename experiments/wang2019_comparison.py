@@ -81,18 +81,13 @@ def train_config(run_dir: pathlib.Path, name: str):
 
 def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Path:
     """photo | paper's model | Wang 2019 | its mask, for `count` test people (their first photo)."""
-    import cv2
     import numpy as np
     import tensorflow as tf
-    from PIL import Image
 
-    from normalized_faces import inference, visualize
-    from normalized_faces.cli import collect_faces
+    from normalized_faces import inference
 
-    names = [split["test"][i] for i in np.linspace(0, len(split["test"]) - 1, count).astype(int)]
-    found, _ = collect_faces([(people[name][0], None) for name in names])
-    found = [face for face in found if face.index == 0]
-    crops = np.stack([face.aligned.image for face in found]).astype(np.float32) / 255.0
+    photos = lfw_result.test_people_photos(people, split, count)
+    crops = photos.astype(np.float32) / 255.0
     paper = inference.load_model(None)(crops)["normalized_face"]
     wang = inference.restore_training_model(run_dir / "wang2019")
     out = wang(crops)
@@ -100,12 +95,9 @@ def side_by_side(run_dir: pathlib.Path, people, split, count: int) -> pathlib.Pa
     faces = (np.clip(out["rendered"].numpy(), 0, 1) * 255).round().astype(np.uint8)
     masks = np.repeat(tf.image.resize(out["mask"], [size, size]).numpy(), 3, axis=-1)
     masks = (np.clip(masks, 0, 1) * 255).round().astype(np.uint8)
-    rows = [[face.aligned.image, paper[i], faces[i], masks[i]] for i, face in enumerate(found)]
-    grid = visualize.image_grid(rows, column_titles=["photo", "paper's model", "Wang 2019", "its mask"])
-    grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    path = run_dir / "wang2019_side_by_side.png"
-    Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
-    return path
+    rows = [[photo, paper[i], faces[i], masks[i]] for i, photo in enumerate(photos)]
+    titles = ["photo", "paper's model", "Wang 2019", "its mask"]
+    return lfw_result.save_small_grid(rows, titles, run_dir / "wang2019_side_by_side.png")
 
 
 @lfw_result.stage("evaluation of the shipped model (the paper's)")
