@@ -61,8 +61,33 @@ def restore_training_model(model_dir) -> NormalizedFaceModel:
     model = model_for_inference(json.loads(config_path.read_text()))
     size = model.image_size
     model(tf.zeros([1, size, size, 3]))
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    restore_trained_variables(model, latest)
     return model
+
+
+def restore_trained_variables(model, checkpoint_path: str) -> None:
+    """Restores `model` from a training checkpoint and checks that every variable it does not load
+    itself came from it; raises ValueError naming those that did not.
+
+    The frozen encoder (model.encoder, trainable False) is exempt from the check: it loads its own
+    weights file when built and never trains, and its checkpoint paths changed when FaceNet's 1 x 1
+    convolutions were wrapped in PointwiseConv, so tf.train's assert_existing_objects_matched would
+    refuse runs trained before that although everything they trained is there. Unrestored variables
+    are found by filling them with a sentinel first (NaN) that a restore overwrites.
+    """
+    encoder = getattr(model, "encoder", None)
+    frozen = {id(v) for v in encoder.variables} if encoder is not None and not encoder.trainable else set()
+    # Weights and batch norm statistics; integer variables (random generators' states) are restored unchecked.
+    checked = [v for v in model.variables if id(v) not in frozen and tf.as_dtype(v.dtype).is_floating]
+    for variable in checked:
+        variable.assign(tf.fill(variable.shape, tf.constant(float("nan"), variable.dtype)))
+    tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial()
+    missing = [v.path for v in checked if np.isnan(v.numpy()).any()]
+    if missing:
+        raise ValueError(
+            f"{checkpoint_path} does not hold {len(missing)} of the model's {len(checked)} trained variables "
+            f"(or holds NaN there), e.g. {missing[:5]}: a checkpoint of another model configuration?"
+        )
 
 
 def model_outputs(model: NormalizedFaceModel, images):

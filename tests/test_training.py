@@ -413,6 +413,38 @@ def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def test_restore_needs_every_trained_variable_but_not_the_frozen_encoders_paths(tmp_path, tiny_data_dir):
+    # Runs trained before FaceNet's 1x1 convolutions were wrapped (PointwiseConv) hold the frozen
+    # encoder at other checkpoint paths; emulated here by a checkpoint without the encoder at all.
+    from normalized_faces import inference
+
+    config = _tiny(tmp_path, tiny_data_dir, train_steps=1, checkpoint_interval=1, identity_weight=0.0)
+    train.train(config)
+    model = _model(config, tiny_data_dir)
+    rng = np.random.default_rng(5)
+    for variable in model.trainable_variables:
+        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    children = model._trackable_children()
+    assert "encoder" in children and "texture_decoder" in children
+
+    def save_without(*left_out, number):
+        view = tf.Module()
+        for name, child in children.items():
+            if name not in left_out:
+                setattr(view, name, child)
+        return tf.train.Checkpoint(model=view).write(str(tmp_path / "run" / "checkpoints" / f"ckpt-{number}"))
+
+    restored = inference.model_for_inference(json.loads((tmp_path / "run" / "model_config.json").read_text()))
+    size = restored.image_size
+    restored(tf.zeros([1, size, size, 3]))
+    inference.restore_trained_variables(restored, save_without("encoder", number=98))
+    for a, b in zip(model.weights, restored.weights):  # the encoder as its weights file has it: the same
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+    with pytest.raises(ValueError, match=r"does not hold \d+ of the model's \d+ trained variables.*texture_decoder"):
+        inference.restore_trained_variables(restored, save_without("encoder", "texture_decoder", number=97))
+
+
 # --- The encoder cache -----------------------------------------------------------------------------
 
 
