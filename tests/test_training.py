@@ -392,17 +392,24 @@ def test_multi_worker_mirrored_two_processes_on_localhost(tmp_path, tiny_data_di
     assert int(model.optimizer.iterations.numpy()) == 6
 
 
-def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
-    # Layers kept in Python lists would silently drop out of tf.train.Checkpoint; restore a run
-    # whose every variable was set to a distinct value and compare them all.
-    from normalized_faces import inference
-
+def _one_step_run_with_distinct_weights(tmp_path, tiny_data_dir):
+    """A 1-step tiny run in tmp_path/run, and a model of its configuration whose every trained variable
+    holds distinct random values (not yet saved)."""
     config = _tiny(tmp_path, tiny_data_dir, train_steps=1, checkpoint_interval=1, identity_weight=0.0)
     train.train(config)
     model = _model(config, tiny_data_dir)
     rng = np.random.default_rng(3)
     for variable in model.trainable_variables:
         variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    return model
+
+
+def test_checkpoints_hold_every_weight(tmp_path, tiny_data_dir):
+    # Layers kept in Python lists would silently drop out of tf.train.Checkpoint; restore a run
+    # whose every variable was set to a distinct value and compare them all.
+    from normalized_faces import inference
+
+    model = _one_step_run_with_distinct_weights(tmp_path, tiny_data_dir)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path / "run" / "checkpoints"), 3
     )
@@ -418,12 +425,7 @@ def test_restore_needs_every_trained_variable_but_not_the_frozen_encoders_paths(
     # encoder at other checkpoint paths; emulated here by a checkpoint without the encoder at all.
     from normalized_faces import inference
 
-    config = _tiny(tmp_path, tiny_data_dir, train_steps=1, checkpoint_interval=1, identity_weight=0.0)
-    train.train(config)
-    model = _model(config, tiny_data_dir)
-    rng = np.random.default_rng(5)
-    for variable in model.trainable_variables:
-        variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    model = _one_step_run_with_distinct_weights(tmp_path, tiny_data_dir)
     children = model._trackable_children()
     assert "encoder" in children and "texture_decoder" in children
 
