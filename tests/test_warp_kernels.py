@@ -269,6 +269,78 @@ def test_the_library_is_cached_per_source_and_tensorflow(tmp_path, monkeypatch):
     assert kernels.library_path("clang++") != path  # another compiler, another build
 
 
+def test_the_cache_key_holds_what_march_native_means_on_this_cpu(tmp_path, monkeypatch):
+    """A home folder shared by an AVX2 and an AVX-512 machine: each gets its own library."""
+    flags = kernels.native_target_flags("g++")
+    print("-march=native here:", flags[:120], "...")
+    assert "-march=" in flags and ("-mavx2" in flags.split() or "-mno-avx2" in flags.split())
+    monkeypatch.setenv("NORMALIZED_FACES_CACHE", str(tmp_path))
+    here = kernels.library_path("g++")
+    other_cpu = flags.replace("-mno-avx512f", "-mavx512f") if "-mno-avx512f" in flags else flags + " -mno-avx512f"
+    monkeypatch.setattr(kernels, "native_target_flags", lambda compiler: other_cpu)
+    assert kernels.library_path("g++") != here
+
+
+# A shared library whose constructor leaves a file behind: proof that it was loaded (and ran).
+PLANTED_SOURCE = """
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+  const char *marker = getenv("PLANTED_MARKER");
+  if (marker) { FILE *f = fopen(marker, "w"); if (f) { fputs("ran", f); fclose(f); } }
+}
+"""
+
+CACHE_SCRIPT = """
+import os, pathlib, subprocess, sys
+import numpy as np, tensorflow as tf
+from normalized_faces import kernels, warp
+from normalized_faces.checksums import sha256_of
+
+target = kernels.library_path(kernels._compiler())
+kernels.make_private_dir(target.parent)
+source = pathlib.Path(os.environ["PLANTED_SOURCE"])
+subprocess.run(["g++", "-shared", "-fPIC", "-x", "c", str(source), "-o", str(target)], check=True)
+case = sys.argv[1]
+if case in ("forged_record_open_folder", "no_ops"):
+    target.with_name(target.name + kernels.CHECKSUM_SUFFIX).write_text(sha256_of(target) + "\\n")
+if case == "forged_record_open_folder":
+    os.chmod(target.parent, 0o777)
+assert kernels.fused_ops() is None
+out, _ = warp.sparse_image_warp(tf.ones([1, 8, 8, 3]), [[[2.0, 2.0], [5.0, 4.0]]], [[[2.5, 2.0], [5.0, 4.5]]])
+assert np.allclose(out.numpy(), 1.0)
+"""
+
+
+@pytest.mark.parametrize(
+    "case, refused_because",
+    [
+        ("planted", "has no build record"),  # a library put at the predictable name
+        ("forged_record_open_folder", "is writable by others"),  # a record forged in a folder others can write
+        ("no_ops", "lacks the ops"),  # this installation's record, but not our kernels
+    ],
+)
+def test_a_library_that_is_not_our_build_is_refused_and_the_warp_falls_back(tmp_path, case, refused_because):
+    source = tmp_path / "planted.c"
+    source.write_text(PLANTED_SOURCE)
+    marker = tmp_path / "constructor_ran"
+    env = {
+        **os.environ,
+        "NORMALIZED_FACES_CACHE": str(tmp_path / "cache"),
+        "PLANTED_SOURCE": str(source),
+        "PLANTED_MARKER": str(marker),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    env.pop(kernels.ENVIRONMENT_SWITCH, None)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CACHE_SCRIPT), case], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not using the cached warp kernels" in result.stderr and refused_because in result.stderr, result.stderr
+    # Refused before loading, its constructor never ran (the no-ops library is checked after loading).
+    assert marker.exists() == (case == "no_ops")
+
+
 def test_training_shaped_warp_agrees_on_face_landmarks():
     """The case training runs: 224 px, 68 face landmarks + 16 border points, batch 4."""
     rng = np.random.default_rng(7)
