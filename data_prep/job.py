@@ -204,6 +204,8 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
         "records": dict(sorted(records.items())),
         "seconds": round(seconds, 1),
         "stage_speeds": speeds or {},
+        "requested_morphs": config.num_morphs if config.mode == "morphs" else 0,
+        "internal_errors": internal_errors(join(output_dir, "rejected.jsonl")),
     }
     import apache_beam
     import cv2
@@ -239,13 +241,42 @@ def finish(output_dir: str, config: stages.PrepConfig, flag_values: dict, second
     return summary
 
 
+def internal_errors(rejected_path: str) -> dict:
+    """The photos rejected by an exception (reason "error": a bug, not a measured filter):
+    {"count", "most_common": detail, "example": path}."""
+    details = {}
+    example = {}
+    if FileSystems.exists(rejected_path):
+        for line in _read_text(rejected_path).splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if entry.get("reason") == "error":
+                details[entry.get("detail", "")] = details.get(entry.get("detail", ""), 0) + 1
+                example.setdefault(entry.get("detail", ""), entry.get("path"))
+    if not details:
+        return {"count": 0}
+    most_common = max(details, key=details.get)
+    return {"count": sum(details.values()), "most_common": most_common, "example": example[most_common]}
+
+
 class LostRecords(RuntimeError):
     """The job's own books do not balance: something was lost (or made twice) on the way."""
 
 
+class InternalErrors(RuntimeError):
+    """Every photo the job read was lost to exceptions in its own code: the output holds nothing."""
+
+
 def check_books(summary: dict) -> None:
     """Fails loudly, with the numbers, when planned != written morphs, inputs != accepted + rejected,
-    or the averages written != the identities with enough photos."""
+    or the averages written != the identities with enough photos; and when nothing was accepted
+    while photos were lost to internal errors (an exception in the job, not a filter)."""
+    errors = summary.get("internal_errors") or {"count": 0}
+    if errors["count"] and not summary["accepted"]:
+        raise InternalErrors(
+            f"data prep wrote nothing: {errors['count']} of {summary['inputs']} inputs were rejected by an internal "
+            f"error, not by a filter: {errors['most_common']} (e.g. {errors['example']}). This is a bug in data "
+            "prep, not in the photos; rejected.jsonl has every one"
+        )
     problems = []
     if summary.get("mode") == "photos" and summary.get("written_photos", 0) != summary["accepted"]:
         problems.append(
@@ -281,6 +312,15 @@ def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
             file=stream,
         )
         print(f"morphs planned {summary['planned_morphs']} = written {summary['written_morphs']}", file=stream)
+        if summary.get("planned_morphs", 0) < summary.get("requested_morphs", 0):
+            print(f"  {morph_shortfall(summary)}", file=stream)
+    errors = summary.get("internal_errors") or {"count": 0}
+    if errors["count"]:
+        print(
+            f"  {errors['count']} photos lost to internal errors (a bug, not a filter): {errors['most_common']} "
+            f"(e.g. {errors['example']})",
+            file=stream,
+        )
     for reason, count in summary["rejected_by_reason"].items():
         print(f"  rejected {reason}: {count}", file=stream)
     for key, count in summary["records"].items():
@@ -296,6 +336,22 @@ def print_summary(summary: dict, output_dir: str, stream=sys.stdout):
         f"wrote {output_dir}: train-*.tfrecord, validation-*.tfrecord, rejected.jsonl, metadata.json, "
         f"{pathlib.Path(summary['preview']).name}",
         file=stream,
+    )
+
+
+def morph_shortfall(summary: dict) -> str:
+    """Why fewer morphs were planned than asked: a split needs two faces to morph between."""
+    faces = {
+        split: sum(
+            count for key, count in summary["records"].items() if key.startswith(f"{split}/") and "morph" not in key
+        )
+        for split in ("train", "validation")
+    }
+    short = [f"{split} has {count} face{'s' if count != 1 else ''}" for split, count in faces.items() if count < 2]
+    return (
+        f"planned {summary['planned_morphs']} of the {summary['requested_morphs']} morphs asked for: morphs are made "
+        f"between two faces of one split, and {' and '.join(short) or 'a split has too few faces'} "
+        "(give more identities, or --validation_fraction=0 to keep every face in train)"
     )
 
 

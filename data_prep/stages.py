@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from data_prep import average, filters, morph, neutralize
 from normalized_faces import alignment, expressions
 from normalized_faces import landmarks as lm
+from normalized_faces.batch import read_photo_file
 from normalized_faces.config_flags import option
 from normalized_faces.photos import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedPhoto, decode_photo
 
@@ -229,11 +230,18 @@ class ProcessPhoto(beam.DoFn):
         """Read, decode, locate, align and filter one photo; raises RejectedPhoto."""
         config = self.config
         with timed("read_decode"):
-            try:
-                with FileSystems.open(photo.path) as file:
-                    data = file.read()
-            except Exception as error:  # noqa: BLE001
-                raise RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
+            if "://" not in photo.path:  # a local path: only regular files (a FIFO would block the worker)
+                try:
+                    data = read_photo_file(photo.path)
+                except RejectedPhoto as rejected:
+                    rejected.values["stage"] = "read"
+                    raise
+            else:
+                try:
+                    with FileSystems.open(photo.path) as file:
+                        data = file.read()
+                except Exception as error:  # noqa: BLE001
+                    raise RejectedPhoto("unreadable", f"{type(error).__name__}: {error}", stage="read") from None
             try:
                 image = decode_photo(data, config.max_pixels, config.min_side)
             except RejectedPhoto as rejected:
@@ -267,10 +275,10 @@ class ProcessPhoto(beam.DoFn):
     def _align_and_filter(self, photo, image, points) -> AlignedPhoto:
         config = self.config
         aligned = alignment.align_face(image, points, config.size, config.interocular)
+        after = ""  # " after neutralizing" when the photo was edited before it was judged again
         if config.apply_filters:
             measures = filters.measure(aligned.image, aligned.landmarks, source=(image, points))
             failure = filters.first_failure(measures, config.thresholds)
-            after = ""
             if failure and failure[0] in neutralize.EXPRESSION_REASONS and self._neutralizer is not None:
                 failure = filters.first_failure(measures, neutralize.without_expression_filters(config.thresholds))
                 if failure is None:  # only the expression failed: edit it towards neutral, then judge again
@@ -567,6 +575,8 @@ def plan_split_morphs(element, total_faces, config: PrepConfig):
     entries = sorted(entries, key=lambda e: e[0])
     if not entries or not total_faces:
         return []
+    if len(entries) < 2:  # the summary says so too (job.morph_shortfall)
+        log.warning("no morphs planned in %s: it has %d face, and a morph needs two", split, len(entries))
     # The validation split gets its rounded share and train the rest, so the shares add up exactly.
     validation_share = int(
         round(config.num_morphs * (len(entries) if split == "validation" else total_faces - len(entries)) / total_faces)
