@@ -17,8 +17,10 @@ A record is one face decomposed as the paper does: the image, its 68 landmarks, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -127,6 +129,57 @@ def parse_record(serialized, image_size=224, keys=None):
     return {name: make() for name, make in fields.items() if name in wanted}
 
 
+class RecordFileError(ValueError):
+    """A TFRecord shard that cannot be read: the message names the file, the record and what to do."""
+
+
+# What tf.data raises on a damaged shard ("corrupted record at N", a truncated file) and on a record
+# whose fields do not decode as the spec says (a texture of the wrong shape, not a PNG).
+RECORD_READ_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
+
+
+def find_bad_record(files, image_size=224):
+    """The first record of `files` that does not read or parse: (file, index, reason), else None.
+    Reads and decodes every record, file by file: for diagnosis after a read error, not for training."""
+    for file in files:
+        index = 0
+        try:
+            for serialized in tf.data.TFRecordDataset(str(file)):
+                parse_record(serialized, image_size)
+                index += 1
+        except RECORD_READ_ERRORS as error:
+            return str(file), index, " ".join(error.message.split())[:200]
+    return None
+
+
+def bad_record_error(file, index, reason) -> RecordFileError:
+    return RecordFileError(
+        f"{file}: record {index} cannot be read ({reason}): the shard is damaged or was not written by data prep; "
+        f"run data prep again into {pathlib.Path(file).parent} (python -m data_prep.pipeline)"
+    )
+
+
+@contextlib.contextmanager
+def naming_bad_records(files, image_size=224):
+    """Inside it, a tf.data read error becomes a RecordFileError naming the damaged shard and record
+    (found by reading `files` again, one by one); an error no record of `files` explains passes unchanged."""
+    try:
+        yield
+    except RECORD_READ_ERRORS as error:
+        logging.warning(
+            "reading the %d record files again to find the damaged one (%s)", len(files), error.message[:120]
+        )
+        found = find_bad_record(files, image_size)
+        if found is None:
+            raise
+        raise bad_record_error(*found) from None
+
+
+def dataset_files(data_dir) -> list:
+    """Every split's record files in a data prep folder (none for a split that has none)."""
+    return sorted(str(p) for split in SPLITS for p in pathlib.Path(data_dir).glob(f"{split}-*.tfrecord"))
+
+
 def image_fingerprint(png):
     """A 64-bit fingerprint (int64 scalar) of a record's image bytes: what ties a cached encoder output to its record."""
     return tf.bitcast(tf.reshape(tf.fingerprint(tf.reshape(png, [1])), [8]), tf.int64)
@@ -177,12 +230,15 @@ def mean_face(data_dir, split="train", limit=2000, image_size=None) -> np.ndarra
     average shape: what a model that ignores identity would output. Evaluation's baseline.
     """
     total, count = None, 0
-    for record in make_dataset(data_dir, split, batch_size=64, image_size=image_size, keys=("texture",)):
-        textures = record["texture"].numpy().astype(np.float64)[: limit - count]
-        total = textures.sum(0) if total is None else total + textures.sum(0)
-        count += len(textures)
-        if count >= limit:
-            break
+    dataset = make_dataset(data_dir, split, batch_size=64, image_size=image_size, keys=("texture",))
+    size = image_size or int(load_metadata(data_dir).get("image_size", 224))
+    with naming_bad_records(record_files(data_dir, split), size):
+        for record in dataset:
+            textures = record["texture"].numpy().astype(np.float64)[: limit - count]
+            total = textures.sum(0) if total is None else total + textures.sum(0)
+            count += len(textures)
+            if count >= limit:
+                break
     if not count:
         raise ValueError(f"no {split} records in {data_dir} to average")
     return np.clip(np.round(total / count * 255.0), 0, 255).astype(np.uint8)

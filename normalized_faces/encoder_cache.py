@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
 import time
 
 import tensorflow as tf
@@ -67,11 +68,33 @@ def _example(fingerprint, features, embedding) -> bytes:
     ).SerializeToString()
 
 
-def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
+def _cannot_write(folder: pathlib.Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None if they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def fallback_dir(data_dir, folder: pathlib.Path, fallback_root=None) -> pathlib.Path:
+    """Where a cache goes when DATA cannot be written: under `fallback_root` (a training run's
+    folder), else the user's cache folder, keyed by DATA's absolute path."""
+    if fallback_root is not None:
+        return pathlib.Path(fallback_root) / CACHE_FOLDER / folder.name
+    root = os.environ.get("NORMALIZED_FACES_CACHE") or pathlib.Path.home() / ".cache" / "normalized_faces"
+    data_key = hashlib.sha256(str(pathlib.Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    return pathlib.Path(root) / CACHE_FOLDER / data_key / folder.name
+
+
+def build(data_dir, encoder, batch_size=32, report=print, fallback_root=None) -> pathlib.Path:
     """Computes (or completes) the cache for every split's records. Returns the cache folder.
 
     A cache shard is (re)computed when it is missing or its record file's size differs from the one
-    it was made from (data prep re-run, shards added); the others are kept.
+    it was made from (data prep re-run, shards added); the others are kept. The cache lives beside
+    the records; where DATA cannot be written (a read-only or shared dataset) and holds no complete
+    cache, it is built under `fallback_root` (or the user's cache folder) instead, with a line saying so.
     """
     identity = encoder_identity(encoder)
     folder = cache_dir(data_dir, encoder, identity)
@@ -83,17 +106,19 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
             )
         except FileNotFoundError:
             continue
-    manifest_path = folder / MANIFEST
-    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    known = previous.get("shards", {})
-    up_to_date = {
-        name
-        for name, (_, size) in record_sizes.items()
-        if isinstance(known.get(name), dict) and known[name].get("record_bytes") == size and (folder / name).exists()
-    }
+    previous, known, up_to_date = _cache_state(folder, record_sizes)
     if previous and up_to_date == set(record_sizes) and set(known) == set(record_sizes):
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    reason = _cannot_write(folder)
+    if reason:
+        other = fallback_dir(data_dir, folder, fallback_root)
+        report(f"encoder cache: cannot write under {data_dir} ({reason}); caching in {other} instead")
+        folder = other
+        previous, known, up_to_date = _cache_state(folder, record_sizes)
+        if previous and up_to_date == set(record_sizes) and set(known) == set(record_sizes):
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / MANIFEST
     image_size = int(data.load_metadata(data_dir).get("image_size", 224))
     encode = tf.function(lambda images: encoder(images))
     shards = {name: known[name] for name in up_to_date}
@@ -109,7 +134,7 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         count = 0
-        with tf.io.TFRecordWriter(str(partial)) as writer:
+        with data.naming_bad_records([record_file], image_size), tf.io.TFRecordWriter(str(partial)) as writer:
             for batch in records.batch(batch_size).prefetch(2):
                 outputs, fingerprints = encode(batch["image"]), batch["image_fingerprint"]
                 features, embedding = outputs["features"].numpy(), outputs["embedding"].numpy()
@@ -128,6 +153,19 @@ def build(data_dir, encoder, batch_size=32, report=print) -> pathlib.Path:
     manifest = {**identity, "feature_dim": int(dims[0]), "embedding_dim": int(dims[1]), "shards": shards}
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
     return folder
+
+
+def _cache_state(folder: pathlib.Path, record_sizes: dict):
+    """(manifest or {}, its shards, the names of the shards up to date with the records)."""
+    manifest_path = folder / MANIFEST
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    known = previous.get("shards", {})
+    up_to_date = {
+        name
+        for name, (_, size) in record_sizes.items()
+        if isinstance(known.get(name), dict) and known[name].get("record_bytes") == size and (folder / name).exists()
+    }
+    return previous, known, up_to_date
 
 
 def load_manifest(folder) -> dict:

@@ -395,7 +395,12 @@ def _datasets(config: TrainConfig, model, image_size: int, step: int):
     if trainer.encoder_cache:
         from normalized_faces import encoder_cache
 
-        cache = encoder_cache.build(trainer.data_dir, model.encoder, report=lambda line: print(line, flush=True))
+        cache = encoder_cache.build(
+            trainer.data_dir,
+            model.encoder,
+            report=lambda line: print(line, flush=True),
+            fallback_root=config.runtime.model_dir,  # where DATA is read-only
+        )
         # The photo itself is no longer needed by the paper's step: its encoder outputs stand in
         # for it (wang2019 still compares pixels with it).
         keep_image = config.model.method == "wang2019"
@@ -480,6 +485,11 @@ def _train(config: TrainConfig) -> dict:
     _write_config(config, model_dir, chief)
     metadata = data.load_metadata(config.trainer.data_dir)
     image_size = int(metadata.get("image_size", 224))
+    if metadata.get("mean_landmarks") is None:
+        raise ValueError(
+            f"{config.trainer.data_dir} holds no faces (metadata.json has no mean landmarks: data prep accepted "
+            "no photo; its rejected.jsonl says why)"
+        )
     with strategy.scope():
         model = build_model(config, metadata["mean_landmarks"], image_size)
     if chief:  # what export and normalize-face rebuild the model from (with a checkpoint)
@@ -519,15 +529,17 @@ def _train(config: TrainConfig) -> dict:
             validation_steps=config.trainer.validation_steps,
             validation_freq=max(1, config.trainer.validation_interval // interval),
         )
-    history = model.fit(
-        train_data,
-        epochs=epochs,
-        initial_epoch=step // interval,
-        steps_per_epoch=interval,
-        callbacks=callbacks,
-        verbose=0,
-        **fit_options,
-    )
+    # A damaged shard stops fit with tf.data's "corrupted record at N": said again with the file's name.
+    with data.naming_bad_records(data.dataset_files(config.trainer.data_dir), image_size):
+        history = model.fit(
+            train_data,
+            epochs=epochs,
+            initial_epoch=step // interval,
+            steps_per_epoch=interval,
+            callbacks=callbacks,
+            verbose=0,
+            **fit_options,
+        )
     final = int(model.optimizer.iterations.numpy())
     if final < config.trainer.train_steps and not supervisor.error:
         print(
