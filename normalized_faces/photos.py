@@ -7,8 +7,10 @@ that the data prep job counts, a detail for people, and the measured values.
 Decoding rules (the reason codes raised here):
   empty_file        zero bytes
   not_an_image      no known image format (e.g. a text file named .jpg)
-  too_large         the header claims more than `max_pixels` (a decompression bomb), checked before
-                    any pixel is decoded
+  too_large         the header claims more than `max_pixels` (default 64,000,000: 8000 x 8000; a
+                    decompression bomb), checked before any pixel is decoded; a JPEG that large is
+                    decoded at 1/2, 1/4 or 1/8 scale instead (libjpeg's DCT scaling: the full image
+                    is never in memory) when that brings it under the limit
   corrupt           the format is known but the data does not decode (truncated JPEG, bad PNG)
   too_small         a side shorter than `min_side` pixels (a 1 x 1 image)
 Handled, not rejected:
@@ -29,6 +31,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000
 DEFAULT_MIN_SIDE = 32
+JPEG_SCALES = (2, 4, 8)  # the reductions libjpeg decodes directly
+
+# The size check is ours (decode_photo, before any pixel is decoded, with the project's limit in
+# its message), so PIL's own (89,478,485 pixels, a warning; twice that, an error) is switched off.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class RejectedPhoto(Exception):
@@ -53,17 +60,25 @@ def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     try:
         # Opening reads only the header: the size is known before any pixel is decoded.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise RejectedPhoto("not_an_image", "not a format PIL can identify") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise RejectedPhoto("too_large", str(error)) from None
     except Exception as error:  # noqa: BLE001 - any header parse failure is a corrupt file
         raise RejectedPhoto("corrupt", f"header unreadable: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise RejectedPhoto("too_large", f"{width} x {height} exceeds {max_pixels} pixels", width=width, height=height)
+        scale = next((s for s in JPEG_SCALES if (width // s) * (height // s) <= max_pixels), None)
+        if image.format != "JPEG" or scale is None:
+            how = "a JPEG is decoded at 1/8 scale at most" if image.format == "JPEG" else "only JPEGs decode smaller"
+            raise RejectedPhoto(
+                "too_large",
+                f"{width} x {height} is {width * height:,} pixels, more than the {max_pixels:,} this project decodes "
+                f"(max_pixels; {how}): downscale the photo first",
+                width=width,
+                height=height,
+            )
+        image.draft("RGB", (width // scale, height // scale))  # decoded at 1/scale: never whole in memory
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
