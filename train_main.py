@@ -30,6 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from normalized_faces.quiet_start import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # before anything below imports it: without its start-up lines on stderr
+
 from data_prep import synthetic  # noqa: E402
 from normalized_faces import config_flags, train  # noqa: E402
 
@@ -69,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_flags.run_command(main)

@@ -32,7 +32,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from data_prep import job, stages  # noqa: E402
 from normalized_faces import config_flags  # noqa: E402
@@ -84,4 +84,6 @@ def _parse_known(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_known)
+    from normalized_faces.config_flags import run_command
+
+    run_command(main, flags_parser=_parse_known)

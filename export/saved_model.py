@@ -219,4 +219,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from normalized_faces.config_flags import run_command
+
+    run_command(main)

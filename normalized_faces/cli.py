@@ -7,21 +7,27 @@
 training run's model_dir. Photos of any size: faces are found with dlib (or taken from the
 manifest's landmarks), aligned exactly as in data prep, and normalized. Writes one PNG per face
 (<photo>.png, or <photo>_face<i>.png for photos with several) and grid.png (a row per face: aligned
-input | normalized face); photos sharing a file name get their folder's name in front.
+input | normalized face). Names come from each photo's path relative to the common folder of all
+the photos (a/01.jpg -> a_01.png); photos that would share a name keep their extension
+(face_webp.png) or get _2, _3: no file is written twice in a run, none over grid.png, every file
+through a temporary name and a rename.
 --adjust_colors also writes <photo>_adjusted.png, the paper's automatic photo adjustment.
 --mesh also writes a 3-D face per face (the paper's Sec. 7.3): the Surrey Face Model fitted to the
 normalized face's landmarks and coloured from it, as <photo>.obj (+ .mtl, <photo>_texture.png),
 <photo>.ply (vertex colours) and <photo>_turntable.png (photo | normalized face | views at yaw -45..45),
 and turntables.png with every face's row;
 --neutral_mesh zeroes the fitted expression in the mesh.
-Unreadable photos and photos without a face get a line each and the rest go on; the exit code is
-1 if any photo failed, else 0.
+Unreadable photos (missing, a folder, a FIFO, a link loop, not an image, damaged) and photos
+without a face get a line each and the rest go on. --output_dir is checked (created, a folder,
+writable) before the model loads. A SavedModel or run folder given to --model is code: load only
+models you trust.
+Exit codes: 0 every photo gave a face; 1 some photos failed (the others were written);
+2 nothing was done (bad flags, output folder or model).
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,74 +72,38 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 16, "Faces per model call.")
 
 
-class FoundFace:
-    """One face to normalize: where it came from and its aligned crop."""
-
-    def __init__(self, photo_path, index, count, photo, aligned):
-        self.photo_path = pathlib.Path(photo_path)
-        self.index = index
-        self.count = count
-        self.photo = photo
-        self.aligned = aligned
-
-    def name(self, with_folder=False) -> str:
-        stem = f"{self.photo_path.parent.name}_{self.photo_path.stem}" if with_folder else self.photo_path.stem
-        return stem + (f"_face{self.index}" if self.count > 1 else "")
+# Every per-face file this command may write, as suffixes of the face's stem, and its own files:
+# output names are chosen so that none of them is shared (batch.unique_stems).
+FACE_FILE_SUFFIXES = ("", "_aligned", "_adjusted", "_texture", "_turntable")
+RUN_FILES = ("grid", "turntables")
 
 
 def output_names(faces_found) -> list:
-    """File stems for the faces: the photo's name, prefixed by its folder when two photos share a name
-    (e.g. person_a/01.jpg and person_b/01.jpg), so no output overwrites another."""
-    photos_by_stem = {}
-    for found in faces_found:
-        photos_by_stem.setdefault(found.photo_path.stem, set()).add(found.photo_path)
-    return [found.name(with_folder=len(photos_by_stem[found.photo_path.stem]) > 1) for found in faces_found]
+    """A file stem per face, unique within the run (batch.unique_stems)."""
+    from normalized_faces.batch import unique_stems
+
+    return unique_stems(faces_found, FACE_FILE_SUFFIXES, RUN_FILES)
 
 
 def collect_faces(paths_and_landmarks, detector_model="auto", report=print):
-    """Decodes, finds and aligns every face; reports each problem. Returns (faces_found, failed paths)."""
-    from normalized_faces import alignment
-    from normalized_faces.photos import RejectedPhoto, decode_photo
+    """batch.collect_faces (kept here for callers of the command's module)."""
+    from normalized_faces.batch import collect_faces as collect
 
-    detector = None
-    faces_found, failed = [], []
-    for path, landmarks in paths_and_landmarks:
-        try:
-            image = decode_photo(pathlib.Path(path).read_bytes())
-        except FileNotFoundError:
-            report(f"{path}: no such file")
-            failed.append(path)
-            continue
-        except RejectedPhoto as rejected:
-            report(f"{path}: cannot read it: {rejected.reason} ({rejected.detail})")
-            failed.append(path)
-            continue
-        if landmarks is not None:
-            faces = [np.asarray(landmarks, np.float64).reshape(68, 2)]
-        else:
-            if detector is None:
-                from normalized_faces.detection import FaceDetector
-
-                detector = FaceDetector(detector_model)
-            faces = [face.landmarks for face in detector(image)]
-        if not faces:
-            report(f"{path}: no face found")
-            failed.append(path)
-            continue
-        if len(faces) > 1:
-            report(f"{path}: {len(faces)} faces, normalizing each (largest first)")
-        for index, points in enumerate(faces):
-            faces_found.append(FoundFace(path, index, len(faces), image, alignment.align_face(image, points)))
-    return faces_found, failed
+    return collect(paths_and_landmarks, detector_model, report)
 
 
-def normalize(model, faces_found, batch_size=16):
+def normalize(model, faces_found, batch_size=16, progress=None):
     """Runs the model over the faces' aligned crops: a list of output dicts (numpy, one per face)."""
+    from normalized_faces.batch import Progress
+
     results = []
+    meter = Progress(len(faces_found), "faces normalized", progress)
     for start in range(0, len(faces_found), batch_size):
+        meter.update(start)
         chunk = faces_found[start : start + batch_size]
         outputs = model(np.stack([found.aligned.image for found in chunk]).astype(np.float32) / 255.0)
         results += [{k: v[i] for k, v in outputs.items()} for i in range(len(chunk))]
+    meter.update(len(faces_found))
     return results
 
 
@@ -153,19 +123,31 @@ def run(
 ) -> int:
     """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize
+    from normalized_faces.batch import OutputDirError, prepare_output_dir
 
-    output_dir = pathlib.Path(output_dir)
     items = [(p, None) for p in photos] + list(items)
     if manifest:
         from normalized_faces.inputs import read_manifest
 
-        items += [(entry.path, entry.landmarks) for entry in read_manifest(manifest)]
+        try:
+            items += [(entry.path, entry.landmarks) for entry in read_manifest(manifest)]
+        except (OSError, ValueError) as error:
+            report(f"--manifest {manifest}: cannot read it: {error}")
+            return 2
     if not items:
         report("no photos given")
         return 2
-    model = inference.load_model(model_path)
+    try:  # before the model loads: a bad folder costs nothing
+        output_dir = prepare_output_dir(output_dir)
+    except OutputDirError as error:
+        report(str(error))
+        return 2
+    try:
+        model = inference.load_model(model_path)
+    except inference.ModelLoadError as error:
+        report(str(error))
+        return 2
     faces_found, failed = collect_faces(items, detector, report)
-    output_dir.mkdir(parents=True, exist_ok=True)
     results = normalize(model, faces_found, batch_size) if faces_found else []
     rows, labels = [], []
     names = output_names(faces_found)

@@ -135,11 +135,48 @@ def replace_nested(config, **values):
 
 def run_console_script(module_name: str, define_flags, main) -> None:
     """A console script's entry point: defines its flags, makes --help show them, runs main."""
-    from absl import app
-
     define_flags()
     help_for_console_script(module_name)
-    app.run(main)
+    run_command(main)
+
+
+# Errors about what the user gave (a path, a folder, a damaged file, a bad value): one line on
+# stderr and exit code 2, not a traceback. NORMALIZED_FACES_TRACEBACK=1 shows the traceback too.
+INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+
+
+def run_command(main, **run_options) -> None:
+    """absl's app.run(main) for the project's commands: TensorFlow imported without its start-up
+    noise (quiet_start), and an input problem (INPUT_ERRORS, and the job's own RuntimeErrors that
+    say what was lost) printed as one line with exit code 2."""
+    import os
+    import sys
+
+    from absl import app
+
+    from normalized_faces.quiet_start import import_tensorflow
+
+    import_tensorflow()
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except INPUT_ERRORS + _job_errors() as error:
+            if os.environ.get("NORMALIZED_FACES_TRACEBACK"):
+                raise
+            message = " ".join(str(error).split()) or type(error).__name__
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(guarded, **run_options)
+
+
+def _job_errors() -> tuple:
+    """Data prep's own failures (books that do not balance, every photo lost to a bug), if loaded."""
+    import sys
+
+    job = sys.modules.get("data_prep.job")
+    return (job.LostRecords, job.InternalErrors) if job else ()
 
 
 def help_for_console_script(module_name: str) -> None:

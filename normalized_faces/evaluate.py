@@ -22,15 +22,19 @@ NOT trained with (a FaceNet-trained model is judged first by dlib's network and 
 round), so the model is not graded only by the network its identity loss optimizes. Writes
 OUT/report.json (every figure, per judge and per photo) and OUT/distance_histogram[_<judge>].png
 (genuine and impostor distances, mean-face baseline, threshold), and prints a summary that leads with
-identification and the margin over the baseline.
+identification and the margin over the baseline. Photos that cannot be read or show no face get a
+line each and the others are evaluated; --output_dir is checked before the model loads.
+Exit codes (as normalize-face's): 0 every photo evaluated; 1 some photos failed (the figures are of
+the others); 2 nothing was evaluated (bad flags, output folder or model, no face at all).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
-import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -162,8 +166,12 @@ def plot_histogram(figures, path, title):
     axes.set_title(title, fontsize=10)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
+    from normalized_faces.batch import write_bytes_atomically
+
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def _percent(value) -> str:
@@ -229,10 +237,10 @@ def load_judges(names, image_size, report=print) -> dict:
 def evaluate(model_path, items, output_dir, detector="auto", judges=None, report=print) -> dict:
     """items: [(path, identity, landmarks or None)]. Returns the report dict (also written as JSON)."""
     from normalized_faces import inference
-    from normalized_faces.cli import collect_faces, normalize
+    from normalized_faces.batch import collect_faces, prepare_output_dir, write_bytes_atomically
+    from normalized_faces.cli import normalize
 
-    output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(output_dir)  # before the model loads
     model = inference.load_model(model_path)
     identities = {str(path): identity for path, identity, _ in items}
     faces_found, failed = collect_faces([(path, landmarks) for path, _, landmarks in items], detector, report)
@@ -301,7 +309,7 @@ def evaluate(model_path, items, output_dir, detector="auto", judges=None, report
         "judges": {name: {k: v for k, v in f.items() if not k.startswith("_")} for name, f in by_judge.items()},
         "per_photo": per_photo,
     }
-    (output_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    write_bytes_atomically(output_dir / "report.json", json.dumps(summary, indent=2).encode())
     report(
         f"{len(faces_found)} photos of {len(set(people))} people evaluated ({len(failed)} failed); model trained with {model.encoder_name}"
     )
@@ -326,13 +334,36 @@ def items_from(photos=None, manifest=None):
     return [(entry.path, entry.identity, entry.landmarks) for entry in entries]
 
 
+def run(model_path, photos, manifest, output_dir, detector="auto", judges=None, report=print) -> int:
+    """The command, as a function. Returns the exit code (the module docstring's)."""
+    from normalized_faces.batch import OutputDirError
+    from normalized_faces.inference import ModelLoadError
+
+    try:
+        items = items_from(photos, manifest)
+    except (OSError, ValueError) as error:
+        report(f"cannot read the test photos: {error}")
+        return 2
+    try:
+        summary = evaluate(model_path, items, output_dir, detector, judges, report)
+    except (OutputDirError, ModelLoadError) as error:
+        report(str(error))
+        return 2
+    except ValueError as error:  # no face in any photo, no judge
+        report(f"nothing evaluated: {error}")
+        return 2
+    return 1 if summary["failed"] else 0
+
+
 def main(argv):
     del argv
     if not FLAGS.output_dir or not (FLAGS.photos or FLAGS.manifest):
         raise app.UsageError("--output_dir and --photos (or --manifest) are required")
-    evaluate(FLAGS.model, items_from(FLAGS.photos, FLAGS.manifest), FLAGS.output_dir, FLAGS.detector, FLAGS.judges)
+    sys.exit(run(FLAGS.model, FLAGS.photos, FLAGS.manifest, FLAGS.output_dir, FLAGS.detector, FLAGS.judges))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from normalized_faces.config_flags import run_command
+
+    run_command(main)

@@ -172,9 +172,39 @@ class LoadedModel:
         return {k: v.numpy() for k, v in self._call(images).items()}
 
 
+class ModelLoadError(ValueError):
+    """A model folder that cannot be loaded: the message names it, the reason and what to do."""
+
+
+def describe_load_failure(path, error: Exception) -> str:
+    """One line for a model folder that failed to load: which folder, why, and what to do."""
+    path = pathlib.Path(path)
+    reason = getattr(error, "message", None) or str(error) or type(error).__name__
+    reason = " ".join(reason.split())[:300]
+    if isinstance(error, FileNotFoundError):
+        advice = "give an exported SavedModel (a version folder or its base folder) or a training run's model_dir"
+    elif (path / MODEL_CONFIG_FILE).exists():
+        advice = "its checkpoint files are damaged or incomplete: train again, or restore the run from a copy"
+    else:
+        advice = "its files are damaged or incomplete: export it again (python -m export.saved_model)"
+    return f"--model {path}: cannot load it: {reason} ({advice})"
+
+
 def load_model(path=None) -> LoadedModel:
-    """A training run, an exported SavedModel, or (None) the model shipped with the package."""
-    return LoadedModel(path)
+    """A training run, an exported SavedModel, or (None) the model shipped with the package.
+
+    A SavedModel is code (its graph can read and write files): load only models you trust.
+
+    Raises:
+      ModelLoadError: the folder holds no model, or its files are damaged (named in the message).
+    """
+    if path is None:
+        return LoadedModel(None)
+    try:
+        return LoadedModel(path)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, tf.errors.OpError) as error:
+        # (A truncated variables file raises IndexError "Read less bytes than requested".)
+        raise ModelLoadError(describe_load_failure(path, error)) from error
 
 
 def restore_keras_model(model_dir=None) -> NormalizedFaceModel:

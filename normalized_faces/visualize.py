@@ -110,10 +110,14 @@ def image_grid(rows, labels=None, column_titles=None, scale=1, gap=4, background
 
 
 def write_png(path, image) -> None:
-    """Writes an RGB image (uint8 or float [0, 1]) as PNG, raising if the write fails."""
-    path = str(path)
-    if not cv2.imwrite(path, cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    """Writes an RGB image (uint8 or float [0, 1]) as PNG, raising if the write fails. Atomic: a
+    temporary name, then a rename, so no reader (or a second run into the folder) sees half a file."""
+    from normalized_faces.batch import write_bytes_atomically
+
+    encoded, data = cv2.imencode(".png", cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR))
+    if not encoded:
+        raise OSError(f"could not encode {path} as PNG")
+    write_bytes_atomically(path, data.tobytes())
 
 
 def checkerboard_ratio(image, band: int = 6) -> float:

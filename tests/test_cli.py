@@ -70,7 +70,7 @@ def test_normalize_face_on_real_photos_with_detection(exported, tmp_path):
     code = cli.run(str(exported), str(tmp_path / "out"), [str(p) for p in photos] + [str(pair)], report=lines.append)
     print("\n".join(lines))
     assert code == 0
-    assert any("pair.jpg: 2 faces, normalizing each" in line for line in lines)
+    assert any("pair.jpg: 2 faces, working on each" in line for line in lines)
     assert (tmp_path / "out" / "pair_face0.png").exists() and (tmp_path / "out" / "pair_face1.png").exists()
     assert (tmp_path / "out" / "grid.png").exists()
 

@@ -16,14 +16,17 @@ the step adds to the flow the model draws for the unedited face (--norelative: t
 flow at the edited latent itself).
 --interpolate takes exactly two photos (best of one person) and writes interpolation_<i>.png and
 interpolation.png (Algorithm 2: each photo warped towards the blended latent, blended by the
-model's confidence masks). Unreadable photos and photos without a face get a line each and the
-rest go on; the exit code is 1 if any failed.
+model's confidence masks). Output names follow normalize-face's rules (unique within a run, never
+grid.png, written through a temporary name). Unreadable photos and photos without a face get a line
+each and the rest go on; --output_dir is checked before the model loads. A run folder given to
+--model is code (its SavedModels can read and write files): use only models you trust.
+Exit codes: 0 every photo edited; 1 some photos failed (the others were written); 2 nothing was
+done (bad flags, output folder or model).
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -69,8 +72,10 @@ def run(
     relative=True,
 ) -> int:
     """The command, as a function. Returns the exit code."""
+    import tensorflow as tf
+
     from normalized_faces import visualize
-    from normalized_faces.cli import collect_faces, output_names
+    from normalized_faces.batch import OutputDirError, collect_faces, prepare_output_dir, unique_stems
     from normalized_faces.fvae.editing import ExpressionEditor, paste_into_photo
 
     if steps < 1:
@@ -82,14 +87,17 @@ def run(
     if not photos:
         report("no photos given")
         return 2
-    output_dir = pathlib.Path(output_dir)
+    try:  # before the model loads: a bad folder costs nothing
+        output_dir = prepare_output_dir(output_dir)
+    except OutputDirError as error:
+        report(str(error))
+        return 2
     try:
         editor = ExpressionEditor.from_run(model_dir, directions, relative)
-    except (FileNotFoundError, ValueError) as error:
-        report(f"{model_dir}: cannot edit with it: {error}")
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, tf.errors.OpError) as error:
+        report(f"--model {model_dir}: cannot edit with it: {' '.join(str(error).split())[:300]}")
         return 2
     found, failed = collect_faces([(p, None) for p in photos], detector, report)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if interpolate:
         firsts = [next((f for f in found if str(f.photo_path) == str(p)), None) for p in photos]
         if any(face is None for face in firsts):
@@ -102,7 +110,9 @@ def run(
         report(f"interpolated {photos[0]} -> {photos[1]} in {steps} steps; wrote {output_dir}/interpolation.png")
         return 1 if failed else 0
     rows, labels = [], []
-    names = output_names(found)
+    # Per face: <stem>_<to>.png and the steps <stem>_<to>_<i>.png; the run's own files are reserved.
+    suffixes = [f"_{to}"] + [f"_{to}_{step + 1}" for step in range(steps)]
+    names = unique_stems(found, suffixes, reserved=["grid", "interpolation"])
     if found:
         result = editor.edit(
             np.stack([f.aligned.image for f in found]),
