@@ -169,6 +169,15 @@ class TrainerConfig:
         "(one interpolation; faster). frame: the whole face, then re-framed (the earlier path).",
         choices=IDENTITY_RENDERS,
     )
+    identity_jitter: float = option(
+        0.0,
+        "Strength of the random shift/scale/rotation/mirror + noise each rendered face gets before the identity loss "
+        "encodes it (1: +-5%, +-5 degrees, +-4%; 0: off, the paper's). Against the fixed pattern the identity loss grows.",
+    )
+    shared_residual_weight: float = option(
+        0.0,
+        "Weight of a loss on the batch-shared high-frequency part of (texture - target): a pattern on every face (0: off).",
+    )
     identity_flow_stride: int = option(
         2,
         "Flow stride of the chip the identity loss renders (training only; normalized faces are always rendered with --flow_stride). "

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normalized_faces import fast_ops, warp
+from normalized_faces import fast_ops, identity_robustness, warp
 from normalized_faces.landmarks import NUM_LANDMARKS
 
 TEXTURE_DECODERS = ("cnn", "fc")
@@ -321,6 +321,9 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
         no warp in training).
       flow_stride: the renderer's (1: exact warp).
       identity_render, identity_flow_stride: how the identity loss renders its face (IDENTITY_RENDERS).
+      identity_jitter: strength of the random similarity + noise each rendered face gets before the
+        identity loss encodes it (identity_robustness.jitter_chips; 0: off, the paper's).
+      shared_residual_weight: weight of identity_robustness.shared_residual_loss on the texture (0: off).
       **kwargs: Keras model arguments (name, dtype policy); the policy reaches every trained layer.
     """
 
@@ -342,6 +345,8 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
         flow_stride=1,
         identity_render="chip",
         identity_flow_stride=2,
+        identity_jitter=0.0,
+        shared_residual_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -375,9 +380,18 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
         self.landmark_weight = float(landmark_weight)
         self.texture_weight = float(texture_weight)
         self.identity_weight = float(identity_weight)
+        self.identity_jitter = float(identity_jitter)
+        self.shared_residual_weight = float(shared_residual_weight)
         self.trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss", "landmark_loss", "texture_loss", "identity_loss", "identity_similarity")
+            for name in (
+                "loss",
+                "landmark_loss",
+                "texture_loss",
+                "identity_loss",
+                "identity_similarity",
+                "shared_residual_loss",
+            )
         }
         # Batches whose loss was NaN/Inf: kept out of the means above, counted here (train.py's policy).
         self.trackers["nonfinite_batches"] = keras.metrics.Sum(name="nonfinite_batches")
@@ -446,6 +460,11 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
         texture_loss = tf.reduce_mean(tf.abs(texture - batch["texture"]))
         total = self.landmark_weight * landmark_loss + self.texture_weight * texture_loss
         losses = {"landmark_loss": landmark_loss, "texture_loss": texture_loss}
+        if self.shared_residual_weight > 0:
+            shared = identity_robustness.shared_residual_loss(texture, batch["texture"])
+            total += self.shared_residual_weight * shared
+            losses["shared_residual_loss"] = shared
+        jitter = self.identity_jitter if training else 0.0  # validation sees the faces as they are
         if self.uses_identity_loss:
             # The rendered face goes back through the frozen encoder; clipping keeps it in the
             # encoder's input range (the linear texture output can overshoot early in training).
@@ -463,10 +482,11 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
                     num_boundary_points=self.renderer.num_boundary_points,
                     flow_stride=self.identity_flow_stride,
                 )
-                rendered_embedding = self.encoder.encode_chips(tf.clip_by_value(chips, 0.0, 1.0))["embedding"]
+                chips = identity_robustness.jitter_chips(tf.clip_by_value(chips, 0.0, 1.0), jitter)
+                rendered_embedding = self.encoder.encode_chips(chips)["embedding"]
             else:
                 rendered = tf.clip_by_value(self.render(texture, landmarks), 0.0, 1.0)
-                rendered_embedding = self.encoder(rendered)["embedding"]
+                rendered_embedding = self.encoder(identity_robustness.jitter_chips(rendered, jitter))["embedding"]
             # Losses are float32 whatever the dtype policy (mixed precision runs the encoder in half).
             similarity = tf.reduce_sum(
                 tf.stop_gradient(tf.cast(encoded["embedding"], tf.float32)) * tf.cast(rendered_embedding, tf.float32),
@@ -532,6 +552,8 @@ class NormalizedFaceModel(RebuildsForInference, keras.Model):
             "flow_stride": self.renderer.flow_stride,
             "identity_render": self.identity_render,
             "identity_flow_stride": self.identity_flow_stride,
+            "identity_jitter": self.identity_jitter,
+            "shared_residual_weight": self.shared_residual_weight,
         }
 
     @classmethod

@@ -198,6 +198,8 @@ def _method_model(config: TrainConfig, encoder, mean_landmarks, image_size: int)
         flow_stride=config.trainer.flow_stride,
         identity_render=config.trainer.identity_render,
         identity_flow_stride=config.trainer.identity_flow_stride,
+        identity_jitter=config.trainer.identity_jitter,
+        shared_residual_weight=config.trainer.shared_residual_weight,
     )
 
 
