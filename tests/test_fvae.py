@@ -448,6 +448,7 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     interpolation. The tiny run's synthetic faces are all neutral, so
     its mean latents lack smile and open_mouth and the command refuses it with a line; the test
     then gives it latents for those labels (from real photos' encodings) to exercise the edit."""
+    import os
     import pathlib
     import subprocess
     import sys
@@ -481,10 +482,12 @@ def test_fvae_trains_resumes_and_edits_photos(tmp_path):
     table["label_photos"] = np.maximum(table["label_photos"], 1)
     np.savez(model_dir / editing.directions_file("paired"), **table)
     out, lines = tmp_path / "edited", []
-    code = command.run(
-        str(model_dir), str(out), photos + [str(tmp_path / "missing.jpg")], to="smile", steps=2, report=lines.append
-    )
+    (tmp_path / "a_folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")  # read, it would block for ever
+    bad = [str(tmp_path / name) for name in ("missing.jpg", "a_folder.jpg", "pipe.jpg")]
+    code = command.run(str(model_dir), str(out), photos + bad, to="smile", steps=2, report=lines.append)
     assert code == 1 and any("missing.jpg: no such file" in line for line in lines)
+    assert any("a_folder.jpg: a folder" in line for line in lines) and any("pipe.jpg: a FIFO" in line for line in lines)
     for photo in photos:
         stem = pathlib.Path(photo).stem
         edited = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / f"{stem}_smile.png"))
