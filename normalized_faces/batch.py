@@ -56,6 +56,16 @@ def prepare_output_dir(path) -> pathlib.Path:
     return path
 
 
+def usable_output_dir(path, report):
+    """prepare_output_dir(path), or None after reporting why not (one line): for the commands,
+    which then exit with 2 before loading any model."""
+    try:
+        return prepare_output_dir(path)
+    except OutputDirError as error:
+        report(str(error))
+        return None
+
+
 def write_bytes_atomically(path, data: bytes) -> None:
     """Writes `data` to `path` through a temporary file in the same folder and a rename."""
     path = pathlib.Path(path)
@@ -232,6 +242,7 @@ __all__ = [
     "Progress",
     "collect_faces",
     "prepare_output_dir",
+    "usable_output_dir",
     "read_photo_file",
     "unique_stems",
     "write_bytes_atomically",

@@ -123,7 +123,7 @@ def run(
 ) -> int:
     """The command, as a function; `items` adds (path, landmarks or None) pairs. Returns the exit code."""
     from normalized_faces import adjust, inference, visualize
-    from normalized_faces.batch import OutputDirError, prepare_output_dir
+    from normalized_faces.batch import usable_output_dir
 
     items = [(p, None) for p in photos] + list(items)
     if manifest:
@@ -137,10 +137,8 @@ def run(
     if not items:
         report("no photos given")
         return 2
-    try:  # before the model loads: a bad folder costs nothing
-        output_dir = prepare_output_dir(output_dir)
-    except OutputDirError as error:
-        report(str(error))
+    output_dir = usable_output_dir(output_dir, report)  # before the model loads: a bad folder costs nothing
+    if output_dir is None:
         return 2
     try:
         model = inference.load_model(model_path)

@@ -75,7 +75,7 @@ def run(
     import tensorflow as tf
 
     from normalized_faces import visualize
-    from normalized_faces.batch import OutputDirError, collect_faces, prepare_output_dir, unique_stems
+    from normalized_faces.batch import collect_faces, unique_stems, usable_output_dir
     from normalized_faces.fvae.editing import ExpressionEditor, paste_into_photo
 
     if steps < 1:
@@ -87,10 +87,8 @@ def run(
     if not photos:
         report("no photos given")
         return 2
-    try:  # before the model loads: a bad folder costs nothing
-        output_dir = prepare_output_dir(output_dir)
-    except OutputDirError as error:
-        report(str(error))
+    output_dir = usable_output_dir(output_dir, report)  # before the model loads: a bad folder costs nothing
+    if output_dir is None:
         return 2
     try:
         editor = ExpressionEditor.from_run(model_dir, directions, relative)
