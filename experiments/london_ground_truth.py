@@ -46,13 +46,15 @@ def markdown(name: str, summary: dict, command: str) -> str:
         "against the person's real neutral photo, both aligned as data prep aligns). Command: "
         f"`{command}` (2-core x86 CPU, float32).",
         "",
-        "| face compared with the truth | landmarks / IOD | face SSIM | sharpness ratio | skin delta E (CIE76) |",
-        "|---|---|---|---|---|",
+        "| face compared with the truth | landmarks / IOD | face SSIM | perceptual distance | sharpness ratio | "
+        "skin delta E (CIE76) |",
+        "|---|---|---|---|---|---|",
     ]
     labels = {"model": "normalized face", "mean_face": "mean face (baseline)", "input": "smiling photo itself"}
     for key, figures in summary["figures"].items():
         rows.append(
             f"| {labels.get(key, key)} | {100 * (figures['landmark_error'] or float('nan')):.1f}% | {figures['ssim']:.3f} | "
+            f"{figures['perceptual']:.3f} | "
             f"{figures['sharpness_ratio']:.3f} | {figures['delta_e']:.1f} |"
         )
     rows += [

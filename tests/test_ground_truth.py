@@ -86,3 +86,19 @@ def test_ground_truth_evaluation_of_the_shipped_model_on_four_test_people(tmp_pa
     assert all(key.startswith("face_") for key in summary["by_group"])
     report = json.loads((tmp_path / "four" / "report.json").read_text())
     assert report["figures"] == summary["figures"] and (tmp_path / "four" / "grid.png").stat().st_size > 10000
+
+
+def test_the_perceptual_distance_is_zero_for_the_same_face_and_grows_with_blur_and_another_person(london_faces):
+    photos, _ = london_faces
+    distance = ground_truth.PerceptualDistance()
+    slightly = np.clip(photos[:4].astype(np.int16) + np.random.default_rng(0).integers(-3, 4, photos[:4].shape), 0, 255)
+    blurred = ndimage.gaussian_filter(photos[:4], (0, 3, 3, 0))
+    same = distance(photos[:4], photos[:4])
+    noisy, soft, other = (
+        distance(slightly.astype(np.uint8), photos[:4]),
+        distance(blurred, photos[:4]),
+        distance(photos[4:8], photos[:4]),
+    )
+    print("perceptual: noisy", noisy.round(3), "blurred", soft.round(3), "another person", other.round(3))
+    assert np.allclose(same, 0.0, atol=1e-6)
+    assert (noisy < soft).all() and (noisy < other).all() and soft.mean() > 2 * noisy.mean()

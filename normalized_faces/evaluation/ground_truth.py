@@ -12,6 +12,7 @@ its normalized face is compared with the truth photo, aligned the same way:
   landmarks      dlib's 68 points found on the normalized face vs the truth's, mean distance / the
                  truth's interocular distance (and the model's own predicted landmarks, the same way);
   ssim           SSIM of the face region (the truth's landmark hull), grey;
+  perceptual     a deep-feature distance on early layers of dlib's face network (PerceptualDistance);
   sharpness      Laplacian variance of the face region, normalized face / truth (the truth is 1);
   colour         CIE76 delta E between the mean L*a*b* of the skin (face less eyes, brows, mouth);
   identity       rank-1 of each normalized face against a gallery of every person's truth photo,
@@ -94,6 +95,35 @@ def read_groups(path) -> dict:
     return {row[key]: {k: v for k, v in row.items() if k != key} for row in rows}
 
 
+# Early layers of dlib's face network (never a training loss of the paper's model): what the
+# perceptual distance compares, as LPIPS does with its networks' layers, without learned weights.
+PERCEPTUAL_LAYERS = ("stem_relu", "stage0_block2_relu2", "stage1_block1_relu2")
+
+
+class PerceptualDistance:
+    """Deep-feature distance of two face sets: per layer of PERCEPTUAL_LAYERS, features unit-normalized
+    over channels at every position, squared difference, mean over positions; mean over layers.
+    0 for identical faces; unitless (about 0.1-0.3 between different people's aligned photos)."""
+
+    def __init__(self, image_size=224):
+        import keras
+
+        from normalized_faces.encoders import get_encoder
+
+        self.encoder = get_encoder("dlib_resnet", aligned_size=image_size)
+        network = self.encoder.network
+        self.features = keras.Model(network.inputs, [network.get_layer(name).output for name in PERCEPTUAL_LAYERS])
+
+    def _features(self, images):
+        chips = self.encoder.to_chips(np.asarray(images, np.float32) / 255.0)
+        return [f.numpy() / (np.linalg.norm(f.numpy(), axis=-1, keepdims=True) + 1e-10) for f in self.features(chips)]
+
+    def __call__(self, a, b) -> np.ndarray:
+        """a, b: [N, S, S, 3] uint8 aligned faces -> [N] distances."""
+        pairs = zip(self._features(a), self._features(b))
+        return np.mean([np.square(fa - fb).sum(-1).mean(axis=(1, 2)) for fa, fb in pairs], axis=0)
+
+
 def interocular(landmarks) -> float:
     from normalized_faces import landmarks as lm
 
@@ -166,11 +196,14 @@ def evaluate_pairs(
     candidates = {"model": normalized, "input": input_images}
     if model.mean_face is not None:
         candidates["mean_face"] = np.repeat(model.mean_face[None], len(kept), axis=0)
+    perceptual = PerceptualDistance(model.image_size)
+    distances = {name: perceptual(faces, truth_images) for name, faces in candidates.items()}
     rows = []
     for i, person in enumerate(people):
         row = {"person": person, "input": kept[i][1], "truth": kept[i][2]}
         for name, faces in candidates.items():
             row[name] = image_figures(faces[i], truth_images[i], truth_landmarks[i], detector)
+            row[name]["perceptual"] = float(distances[name][i])
         predicted = outputs[i]["landmarks"]
         row["model"]["predicted_landmark_error"] = float(
             np.mean(np.linalg.norm(predicted - truth_landmarks[i], axis=1)) / interocular(truth_landmarks[i])
@@ -244,10 +277,11 @@ def _fmt(value, pattern="{:.3f}"):
 
 def summary_lines(summary: dict) -> list:
     lines = [f"{summary['evaluated']} of {summary['pairs']} pairs evaluated; model {summary['model']}"]
-    lines.append("                  landmarks/IOD   SSIM   sharpness   delta E")
+    lines.append("                  landmarks/IOD   SSIM  perceptual  sharpness   delta E")
     for name, figures in summary["figures"].items():
         lines.append(
             f"  {name:<14} {_fmt(figures['landmark_error'], '{:.3%}'):>14} {_fmt(figures['ssim']):>6} "
+            f"{_fmt(figures['perceptual']):>11}"
             f"{_fmt(figures['sharpness_ratio']):>11} {_fmt(figures['delta_e'], '{:.1f}'):>9}"
         )
     lines.append(f"  model's own landmarks: {_fmt(summary['predicted_landmark_error'], '{:.3%}')} of IOD")
