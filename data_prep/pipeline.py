@@ -39,7 +39,11 @@ from normalized_faces import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "input", None, "A folder <root>/<identity>/<photo> or a manifest (.csv / .jsonl) with path, identity[, landmarks]."
+    "input",
+    None,
+    "A folder <root>/<identity>/<photo> or a manifest (.csv / .jsonl) with path, identity[, landmarks]; several, "
+    "comma-separated, are read as one (identities must not repeat across them). With --min_photos_per_identity=1 "
+    "an identity with one photo (a studio set's) is kept when that photo passes every filter.",
 )
 flags.DEFINE_string(
     "output_dir",

@@ -100,7 +100,19 @@ def read_manifest(path: str) -> list:
 
 
 def list_inputs(input_path: str) -> list:
-    """A folder tree or a manifest file, by what `input_path` is."""
+    """A folder tree or a manifest file, by what `input_path` is; several, comma-separated, are one
+    input (e.g. LFW and a studio set: `lfw/,london_train.csv`). An identity found in two sources is
+    refused: the same name in two datasets is rarely the same person."""
+    sources = [part for part in input_path.split(",") if part]
+    if len(sources) > 1:
+        inputs, owner = [], {}
+        for source in sources:
+            for entry in list_inputs(source):
+                first = owner.setdefault(entry.identity, source)
+                if first != source:
+                    raise ValueError(f"identity {entry.identity!r} is in both {first} and {source}: rename one")
+                inputs.append(entry)
+        return inputs
     if input_path.endswith((".csv", ".jsonl", ".json")):
         return read_manifest(input_path)
     inputs = list_folder(input_path)

@@ -357,3 +357,17 @@ def test_the_absl_commands_say_an_input_problem_in_one_line(tmp_path, command, e
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected.format(**values) in errors[0]
+
+
+def test_several_sources_are_one_input_and_an_identity_in_two_is_refused(tmp_path):
+    from normalized_faces import inputs
+
+    london = shared_path("faces", "london")
+    for name, ids in (("a.csv", ["001", "002"]), ("b.csv", ["003"]), ("c.csv", ["002"])):
+        (tmp_path / name).write_text(
+            "path,identity\n" + "".join(f"{london / i / f'{i}_neutral.jpg'},{i}\n" for i in ids)
+        )
+    both = inputs.list_inputs(f"{tmp_path / 'a.csv'},{tmp_path / 'b.csv'}")
+    assert [entry.identity for entry in both] == ["001", "002", "003"]
+    with pytest.raises(ValueError, match="identity '002' is in both"):
+        inputs.list_inputs(f"{tmp_path / 'a.csv'},{tmp_path / 'c.csv'}")
