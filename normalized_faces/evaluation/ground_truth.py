@@ -162,7 +162,7 @@ def _mean(values):
 def summarize(rows: list, key: str) -> dict:
     return {
         name: _mean([row[key][name] for row in rows])
-        for name in ("landmark_error", "ssim", "sharpness_ratio", "delta_e")
+        for name in ("landmark_error", "ssim", "perceptual", "sharpness_ratio", "delta_e")
     }
 
 
