@@ -211,13 +211,29 @@ def _lfw10_manifest(tmp_path, people=2, per_person=2):
 
 
 def test_nofilters_data_prep_writes_records_of_real_photos(tmp_path):
+    """Every good photo becomes a record; a FIFO, a folder and a link loop among them get a rejection each."""
     manifest = _lfw10_manifest(tmp_path)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    os.symlink(tmp_path / "loop_b.jpg", tmp_path / "loop_a.jpg")
+    os.symlink(tmp_path / "loop_a.jpg", tmp_path / "loop_b.jpg")
+    with manifest.open("a") as file:
+        for name in ("pipe.jpg", "folder.jpg", "loop_a.jpg"):
+            file.write(json.dumps({"path": str(tmp_path / name), "identity": "bad"}) + "\n")
     config = stages.PrepConfig(mode="photos", apply_filters=False, num_morphs=0)
     summary = job.run(
         str(manifest), str(tmp_path / "out"), config, ["--direct_running_mode=in_memory"], num_shards=1, preview_count=2
     )
     job.print_summary(summary, str(tmp_path / "out"))
-    assert summary["accepted"] == summary["written_photos"] == 4 and summary["rejected"] == 0
+    assert summary["accepted"] == summary["written_photos"] == 4 and summary["rejected_by_reason"] == {"unreadable": 3}
+    details = sorted(
+        json.loads(line)["detail"] for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()
+    )
+    assert details == [
+        "Too many levels of symbolic links",
+        "a FIFO (named pipe), not a photo file",
+        "a folder, not a photo file",
+    ]
     records = [
         r
         for split in data.SPLITS
