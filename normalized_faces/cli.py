@@ -35,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from normalized_faces.batch import collect_faces  # noqa: E402, F401 - the command's callers import it from here
+
 FLAGS = flags.FLAGS
 
 
@@ -83,13 +85,6 @@ def output_names(faces_found) -> list:
     from normalized_faces.batch import unique_stems
 
     return unique_stems(faces_found, FACE_FILE_SUFFIXES, RUN_FILES)
-
-
-def collect_faces(paths_and_landmarks, detector_model="auto", report=print):
-    """batch.collect_faces (kept here for callers of the command's module)."""
-    from normalized_faces.batch import collect_faces as collect
-
-    return collect(paths_and_landmarks, detector_model, report)
 
 
 def normalize(model, faces_found, batch_size=16, progress=None):

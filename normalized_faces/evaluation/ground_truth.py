@@ -213,20 +213,19 @@ def evaluate_pairs(
     for name, encoder in evaluate.load_judges(list(judges), model.image_size, report).items():
         threshold = encoder.threshold
         gallery = evaluate._judge_vectors(encoder, truth_images)
-        figures = {}
+        figures, vectors = {}, {}
         for candidate, faces in candidates.items():
-            vectors = evaluate._judge_vectors(encoder, faces)
-            ranks = evaluate.rank_accuracy(vectors, people, gallery, people, threshold)
+            vectors[candidate] = evaluate._judge_vectors(encoder, faces)
+            distances = threshold.distances(vectors[candidate][:, None], gallery[None])  # [N, N]: face i vs truth j
+            own = np.diagonal(distances)
             figures[candidate] = {
-                **ranks,
-                "genuine": float(np.mean(threshold.distances(vectors, gallery) < threshold.value)),
+                **evaluate.rank_accuracy(vectors[candidate], people, gallery, people, threshold),
+                "genuine": float(np.mean(own < threshold.value)),
             }
             for i, row in enumerate(rows):
-                row[candidate][f"{name}_distance"] = float(threshold.distances(vectors[i], gallery[i]))
-                row[candidate][f"{name}_rank1"] = bool(np.argmin(threshold.distances(vectors[i][None], gallery)) == i)
-        invariance = threshold.distances(
-            evaluate._judge_vectors(encoder, normalized), evaluate._judge_vectors(encoder, normalized_truths)
-        )
+                row[candidate][f"{name}_distance"] = float(own[i])
+                row[candidate][f"{name}_rank1"] = bool(np.argmin(distances[i]) == i)
+        invariance = threshold.distances(vectors["model"], evaluate._judge_vectors(encoder, normalized_truths))
         figures["model"]["invariance_distance"] = float(np.mean(invariance))
         figures["threshold"] = threshold.value
         identity[name] = figures
